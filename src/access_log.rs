@@ -1,0 +1,364 @@
+//! Logging: the access log, one JSON object per request on stdout, and the operational logs that
+//! share the stream.
+//!
+//! The access log is a tracing event on its own target ([`TARGET`]), written by [`AccessLayer`]
+//! rather than by tracing-subscriber's JSON formatter because the access log's schema is a
+//! contract: every field declared at the call site is always present, `null` when it has no value
+//! (`upstream_ms` on a hit, `key_id` without a credential), and fields sit at the top level.
+//!
+//! Nothing here ever sees a credential, a body or a redacted value: the call site passes only the
+//! keyed fingerprint and fixed strings.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, filter};
+
+use crate::config::{LogConfig, LogFormat};
+use crate::credential::KeyId;
+
+/// The tracing target of access-log events.
+pub const TARGET: &str = "phonegate::access";
+
+/// Everything the access log says about one request.
+#[derive(Debug, Clone)]
+pub struct AccessRecord<'a> {
+    /// `x-request-id` as answered.
+    pub request_id: &'a str,
+    /// Request method.
+    pub method: &'a str,
+    /// Request path, without the query string (which may carry anything).
+    pub path: &'a str,
+    /// Route name (`get`), when the request matched one.
+    pub route: Option<&'static str>,
+    /// Response status.
+    pub status: u16,
+    /// `hit`, `miss` or `none`.
+    pub cache: &'static str,
+    /// Time from request head to response head.
+    pub duration: Duration,
+    /// Time the upstream took, when this request waited for an upstream answer.
+    pub upstream: Option<Duration>,
+    /// Fingerprint of the credential, when there was a well-formed one.
+    pub key_id: Option<KeyId>,
+    /// Why phonegate answered itself (`bad_id`, `upstream_timeout`, ...).
+    pub reason: Option<&'static str>,
+    /// Whether the request waited for another request's upstream fetch.
+    pub coalesced: bool,
+    /// Response body bytes.
+    pub bytes: u64,
+}
+
+/// Longest path written to the log; the rest is cut so one request cannot write megabytes.
+const MAX_LOGGED_PATH: usize = 256;
+
+/// Emits one access-log event.
+pub fn emit(record: &AccessRecord<'_>) {
+    let path = truncate(record.path, MAX_LOGGED_PATH);
+    tracing::info!(
+        target: TARGET,
+        request_id = record.request_id,
+        method = record.method,
+        path = path,
+        route = record.route,
+        status = record.status,
+        cache = record.cache,
+        duration_ms = millis(record.duration),
+        upstream_ms = record.upstream.map(millis),
+        key_id = record.key_id.map(tracing::field::display),
+        reason = record.reason,
+        coalesced = record.coalesced,
+        bytes = record.bytes,
+        "request"
+    );
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Writes [`TARGET`] events as flat JSON lines; declared-but-empty fields become `null`.
+pub struct AccessLayer<W> {
+    make_writer: W,
+}
+
+impl<W> AccessLayer<W> {
+    /// A layer writing to `make_writer`.
+    pub fn new(make_writer: W) -> Self {
+        AccessLayer { make_writer }
+    }
+}
+
+thread_local! {
+    // One buffer per thread, reused: the access log runs on every request.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+impl<S, W> Layer<S> for AccessLayer<W>
+where
+    S: Subscriber,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        LINE.with(|line| {
+            let Ok(mut buf) = line.try_borrow_mut() else {
+                return;
+            };
+            buf.clear();
+            format_line(event, &mut buf);
+            let _ = self.make_writer.make_writer().write_all(&buf);
+        });
+    }
+}
+
+fn format_line(event: &Event<'_>, buf: &mut Vec<u8>) {
+    let meta = event.metadata();
+    buf.extend_from_slice(b"{\"timestamp\":\"");
+    let mut ts = String::with_capacity(32);
+    let _ = write!(
+        ts,
+        "{}",
+        humantime::format_rfc3339_micros(SystemTime::now())
+    );
+    buf.extend_from_slice(ts.as_bytes());
+    buf.extend_from_slice(b"\",\"level\":\"");
+    buf.extend_from_slice(meta.level().as_str().as_bytes());
+    buf.extend_from_slice(b"\",\"target\":");
+    json_str(buf, meta.target());
+    let mut visitor = JsonFields { buf, seen: 0 };
+    event.record(&mut visitor);
+    let seen = visitor.seen;
+    for field in meta.fields() {
+        if field.index() < 64 && seen & (1 << field.index()) == 0 {
+            buf.push(b',');
+            json_str(buf, field.name());
+            buf.extend_from_slice(b":null");
+        }
+    }
+    buf.extend_from_slice(b"}\n");
+}
+
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+struct JsonFields<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Bit i set when the field with index i was recorded.
+    seen: u64,
+}
+
+impl JsonFields<'_> {
+    fn key(&mut self, field: &Field) {
+        if field.index() < 64 {
+            self.seen |= 1 << field.index();
+        }
+        self.buf.push(b',');
+        json_str(self.buf, field.name());
+        self.buf.push(b':');
+    }
+}
+
+impl Visit for JsonFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        json_str(self.buf, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.buf, "{value}");
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.buf, "{value}");
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        // serde_json writes non-finite floats as null.
+        let _ = serde_json::to_writer(&mut *self.buf, &value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.key(field);
+        json_str(self.buf, &format!("{value:?}"));
+    }
+}
+
+/// Sets up logging to stdout for the whole process; keep the guard alive until exit so buffered
+/// lines are flushed.
+///
+/// Lines go through a non-blocking writer so a slow stdout never stalls a request on a write; it
+/// is not lossy, so under extreme back-pressure requests wait rather than lines being dropped.
+/// `RUST_LOG`, when set, overrides `log.level` for operational logs; the access log is always on.
+pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("phonegate-log")
+        .finish(std::io::stdout());
+    let ops_filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .map_err(|e| format!("invalid log filter: {e}"))?;
+    let is_access = filter::filter_fn(|meta| meta.target() == TARGET);
+    let not_access = filter::filter_fn(|meta| meta.target() != TARGET);
+    let result = match config.format {
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(AccessLayer::new(writer.clone()).with_filter(is_access))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer)
+                    .with_filter(not_access)
+                    .with_filter(ops_filter),
+            )
+            .try_init(),
+        LogFormat::Pretty => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer.clone())
+                    .with_filter(is_access),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_filter(not_access)
+                    .with_filter(ops_filter),
+            )
+            .try_init(),
+    };
+    result.map_err(|e| format!("logging was already set up: {e}"))?;
+    Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    fn capture(record: &AccessRecord<'_>) -> serde_json::Value {
+        let out = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(AccessLayer::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, || emit(record));
+        let bytes = out.0.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "exactly one line: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn record() -> AccessRecord<'static> {
+        AccessRecord {
+            request_id: "req-1",
+            method: "GET",
+            path: "/phone-number/x",
+            route: Some("get"),
+            status: 200,
+            cache: "hit",
+            duration: Duration::from_micros(1234),
+            upstream: None,
+            key_id: None,
+            reason: None,
+            coalesced: false,
+            bytes: 42,
+        }
+    }
+
+    #[test]
+    fn a_hit_logs_null_upstream_ms_and_all_contract_fields() {
+        let v = capture(&record());
+        for field in [
+            "status",
+            "cache",
+            "method",
+            "path",
+            "duration_ms",
+            "upstream_ms",
+            "request_id",
+            "key_id",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing in {v}");
+        }
+        assert_eq!(v["upstream_ms"], serde_json::Value::Null);
+        assert_eq!(v["key_id"], serde_json::Value::Null);
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["cache"], "hit");
+        assert_eq!(v["duration_ms"], 1.234);
+        assert_eq!(v["target"], TARGET);
+    }
+
+    #[test]
+    fn a_miss_logs_upstream_ms_and_key_id() {
+        let f = crate::credential::Fingerprinter::new(Some("0123456789abcdef")).unwrap();
+        let key_id = f.fingerprint(b"tok").key_id();
+        let v = capture(&AccessRecord {
+            upstream: Some(Duration::from_millis(12)),
+            key_id: Some(key_id),
+            cache: "miss",
+            ..record()
+        });
+        assert_eq!(v["upstream_ms"], 12.0);
+        assert_eq!(v["key_id"], key_id.to_string());
+    }
+
+    #[test]
+    fn strange_paths_are_escaped_and_cut() {
+        let path = format!("/\"quoted\"\n{}", "a".repeat(1000));
+        let v = capture(&AccessRecord {
+            path: &path,
+            ..record()
+        });
+        let logged = v["path"].as_str().unwrap();
+        assert!(logged.starts_with("/\"quoted\"\n"));
+        assert_eq!(logged.len(), MAX_LOGGED_PATH);
+    }
+}

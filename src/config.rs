@@ -1,0 +1,688 @@
+//! Configuration: raw settings as layered by the `config` crate on one side, a validated runtime
+//! [`Config`] on the other.
+//!
+//! Layers, later wins: the built-in defaults (`config/default.toml`, compiled in), an optional file,
+//! then `PHONEGATE__<SECTION>__<KEY>` environment variables. Every check that can fail happens here,
+//! at start-up, so the request path never meets a bad setting; each error names the key and the
+//! offending value (masked for secrets) so an operator can fix it without reading code.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::redact;
+
+/// The text of `config/default.toml`: every setting's default, compiled into the binary.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override settings (`PHONEGATE__CACHE__TTL_SECS`).
+pub const ENV_PREFIX: &str = "PHONEGATE";
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 2] = ["redact.extra_fields", "redact.allow_fields"];
+
+/// Minimum length of `cache.key_secret`: a shorter key makes fingerprints guessable offline.
+const MIN_KEY_SECRET_LEN: usize = 16;
+
+/// serde_json refuses documents nested deeper than 128 levels, so a larger limit could never apply.
+const MAX_REDACT_DEPTH: usize = 128;
+
+/// A setting that stopped start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The layers could not be read or merged (unreadable file, TOML syntax, wrong type, unknown key).
+    Load(String),
+    /// A value was read but is not acceptable.
+    Invalid {
+        /// Dotted key, as in the TOML file (`cache.ttl_secs`).
+        key: &'static str,
+        /// The offending value as given, or `(hidden)` for secrets.
+        value: String,
+        /// What an acceptable value looks like.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Load(msg) => write!(f, "invalid configuration: {msg}"),
+            ConfigError::Invalid { key, value, reason } => {
+                write!(f, "invalid setting {key} = {value:?}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &'static str, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+// ---- raw settings: exactly the shape of the TOML file ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    listen: String,
+    admin: RawAdmin,
+    upstream: RawUpstream,
+    cache: RawCache,
+    redact: RawRedact,
+    log: RawLog,
+    #[serde(default)]
+    tls: RawTls,
+    server: RawServer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    timeout_ms: u64,
+    max_body_bytes: u64,
+    #[serde(default)]
+    ca_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl_secs: u64,
+    negative_ttl_secs: u64,
+    max_bytes: u64,
+    #[serde(default)]
+    key_secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedact {
+    mode: String,
+    extra_fields: Vec<String>,
+    allow_fields: Vec<String>,
+    max_depth: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    cert_path: Option<String>,
+    #[serde(default)]
+    key_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    header_timeout_ms: u64,
+    drain_timeout_ms: u64,
+}
+
+// ---- validated runtime configuration ----
+
+/// The validated configuration the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proxy listener address. Default is `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin listener address. Default is `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Where lookups go.
+    pub upstream: UpstreamConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
+    /// The redaction policy.
+    pub redact: RedactConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// TLS on the proxy listener; `None` is plain HTTP. Default is `None`.
+    pub tls: Option<TlsConfig>,
+    /// Client-facing connection handling.
+    pub server: ServerConfig,
+}
+
+/// Upstream settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL without a trailing slash (`https://api.vapi.ai`). Default is `https://api.vapi.ai`.
+    pub base_url: String,
+    /// Deadline for one whole upstream exchange. Default is 5 s.
+    pub timeout: Duration,
+    /// Largest upstream body read. Default is 2 MiB.
+    pub max_body_bytes: usize,
+    /// Extra CA certificates (PEM) to trust. Default is none.
+    pub ca_path: Option<PathBuf>,
+}
+
+/// Cache settings.
+#[derive(Clone)]
+pub struct CacheConfig {
+    /// Freshness of a 200. Default is 60 s; 0 disables caching of 200s.
+    pub ttl: Duration,
+    /// Freshness of a 404. Default is 5 s; 0 disables caching of 404s.
+    pub negative_ttl: Duration,
+    /// Size bound in bytes. Default is 256 MiB.
+    pub max_bytes: u64,
+    /// Fingerprint key; `None` means a random key per process. Default is `None`.
+    pub key_secret: Option<String>,
+}
+
+impl fmt::Debug for CacheConfig {
+    // Hand-written so the key secret can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("ttl", &self.ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("max_bytes", &self.max_bytes)
+            .field("key_secret", &self.key_secret.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// Redaction settings.
+#[derive(Debug, Clone)]
+pub struct RedactConfig {
+    /// Mask or remove. Default is mask.
+    pub mode: redact::Mode,
+    /// Extra secret field names. Default is none.
+    pub extra_fields: Vec<String>,
+    /// Field names exempt from the name-based rules. Default is none.
+    pub allow_fields: Vec<String>,
+    /// Deepest nesting accepted. Default is 64.
+    pub max_depth: usize,
+}
+
+impl RedactConfig {
+    /// The redaction policy these settings describe.
+    pub fn policy(&self) -> redact::Policy {
+        redact::Policy::new(
+            self.mode,
+            &self.extra_fields,
+            &self.allow_fields,
+            self.max_depth,
+        )
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line. The default.
+    Json,
+    /// Human-readable lines for development.
+    Pretty,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Default is JSON.
+    pub format: LogFormat,
+    /// EnvFilter directive for operational logs. Default is `info`.
+    pub level: String,
+}
+
+/// Listener TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM private key.
+    pub key_path: PathBuf,
+}
+
+/// Client connection handling.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Time a client has to send a request's headers. Default is 10 s.
+    pub header_timeout: Duration,
+    /// Time in-flight requests get on shutdown. Default is 10 s.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// Like [`Config::load`] with an explicit environment instead of the process's (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "configuration file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+        let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(env);
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment);
+        Self::from_builder(builder)
+    }
+
+    /// Defaults overlaid with TOML text; no file, no environment. Handy for tests and embedding.
+    pub fn from_toml(overrides: &str) -> Result<Config, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(overrides, config::FileFormat::Toml));
+        Self::from_builder(builder)
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawSettings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        raw.validate()
+    }
+}
+
+impl RawSettings {
+    fn validate(self) -> Result<Config, ConfigError> {
+        Ok(Config {
+            listen: parse_addr("listen", &self.listen)?,
+            admin_listen: parse_addr("admin.listen", &self.admin.listen)?,
+            upstream: self.upstream.validate()?,
+            cache: self.cache.validate()?,
+            redact: self.redact.validate()?,
+            log: self.log.validate()?,
+            tls: self.tls.validate()?,
+            server: ServerConfig {
+                header_timeout: positive_ms(
+                    "server.header_timeout_ms",
+                    self.server.header_timeout_ms,
+                )?,
+                drain_timeout: Duration::from_millis(self.server.drain_timeout_ms),
+            },
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self) -> Result<UpstreamConfig, ConfigError> {
+        let base_url = parse_base_url(&self.url)?;
+        let max_body_bytes = usize::try_from(self.max_body_bytes)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "upstream.max_body_bytes",
+                    self.max_body_bytes,
+                    "must be a positive number of bytes",
+                )
+            })?;
+        Ok(UpstreamConfig {
+            base_url,
+            timeout: positive_ms("upstream.timeout_ms", self.timeout_ms)?,
+            max_body_bytes,
+            ca_path: non_empty(self.ca_path).map(PathBuf::from),
+        })
+    }
+}
+
+impl RawCache {
+    fn validate(self) -> Result<CacheConfig, ConfigError> {
+        let key_secret = non_empty(self.key_secret);
+        if let Some(secret) = &key_secret {
+            if secret.len() < MIN_KEY_SECRET_LEN {
+                return Err(invalid(
+                    "cache.key_secret",
+                    "(hidden)",
+                    format!("must be at least {MIN_KEY_SECRET_LEN} bytes long"),
+                ));
+            }
+        }
+        Ok(CacheConfig {
+            ttl: Duration::from_secs(self.ttl_secs),
+            negative_ttl: Duration::from_secs(self.negative_ttl_secs),
+            max_bytes: self.max_bytes,
+            key_secret,
+        })
+    }
+}
+
+impl RawRedact {
+    fn validate(self) -> Result<RedactConfig, ConfigError> {
+        let mode = match self.mode.to_ascii_lowercase().as_str() {
+            "mask" => redact::Mode::Mask,
+            "remove" => redact::Mode::Remove,
+            _ => {
+                return Err(invalid(
+                    "redact.mode",
+                    &self.mode,
+                    "expected \"mask\" or \"remove\"",
+                ));
+            }
+        };
+        let max_depth = usize::try_from(self.max_depth)
+            .ok()
+            .filter(|d| (1..=MAX_REDACT_DEPTH).contains(d))
+            .ok_or_else(|| {
+                invalid(
+                    "redact.max_depth",
+                    self.max_depth,
+                    format!("must be between 1 and {MAX_REDACT_DEPTH}"),
+                )
+            })?;
+        Ok(RedactConfig {
+            mode,
+            extra_fields: clean_names("redact.extra_fields", self.extra_fields)?,
+            allow_fields: clean_names("redact.allow_fields", self.allow_fields)?,
+            max_depth,
+        })
+    }
+}
+
+impl RawLog {
+    fn validate(self) -> Result<LogConfig, ConfigError> {
+        let format = match self.format.to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            _ => {
+                return Err(invalid(
+                    "log.format",
+                    &self.format,
+                    "expected \"json\" or \"pretty\"",
+                ));
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                &self.level,
+                "expected a level such as \"info\" or a filter such as \"phonegate=debug\"",
+            ));
+        }
+        Ok(LogConfig {
+            format,
+            level: self.level,
+        })
+    }
+}
+
+impl RawTls {
+    fn validate(self) -> Result<Option<TlsConfig>, ConfigError> {
+        match (non_empty(self.cert_path), non_empty(self.key_path)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+                cert_path: cert.into(),
+                key_path: key.into(),
+            })),
+            (Some(cert), None) => Err(invalid(
+                "tls.key_path",
+                "",
+                format!("must be set when tls.cert_path is ({cert})"),
+            )),
+            (None, Some(key)) => Err(invalid(
+                "tls.cert_path",
+                "",
+                format!("must be set when tls.key_path is ({key})"),
+            )),
+        }
+    }
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            value,
+            "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
+        )
+    })
+}
+
+fn positive_ms(key: &'static str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(invalid(
+            key,
+            ms,
+            "must be a positive number of milliseconds",
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// The environment has no way to say "unset" but an empty string, so empty means unset.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+fn clean_names(key: &'static str, names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    names
+        .into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            if n.chars().all(|c| c.is_ascii_graphic()) {
+                Ok(n)
+            } else {
+                Err(invalid(
+                    key,
+                    &n,
+                    "field names must be printable ASCII without spaces",
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Checks `upstream.url` and returns it without a trailing slash, ready for `{base}/phone-number/{id}`.
+fn parse_base_url(value: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "upstream.url";
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| invalid(KEY, value, "expected an absolute http:// or https:// URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(invalid(
+                KEY,
+                value,
+                "expected an absolute http:// or https:// URL",
+            ));
+        }
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(invalid(KEY, value, "the URL has no host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(invalid(
+            KEY,
+            "(hidden)",
+            "credentials in the URL are not allowed; callers' keys are forwarded per request",
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(KEY, value, "the URL must not have a query string"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let c = Config::load_with_env(None, env(&[])).expect("defaults are valid");
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.upstream.base_url, "https://api.vapi.ai");
+        assert_eq!(c.upstream.timeout, Duration::from_millis(5000));
+        assert_eq!(c.cache.ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.negative_ttl, Duration::from_secs(5));
+        assert_eq!(c.cache.max_bytes, 268_435_456);
+        assert!(c.cache.key_secret.is_none());
+        assert_eq!(c.redact.mode, redact::Mode::Mask);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.tls.is_none());
+        assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscores() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("PHONEGATE__CACHE__TTL_SECS", "30"),
+                ("PHONEGATE__LISTEN", "0.0.0.0:8000"),
+                ("PHONEGATE__ADMIN__LISTEN", "[::1]:9999"),
+                ("PHONEGATE__UPSTREAM__URL", "http://127.0.0.1:1234/"),
+                ("PHONEGATE__REDACT__MODE", "remove"),
+                ("PHONEGATE__REDACT__EXTRA_FIELDS", "mySecretThing,other"),
+                ("PHONEGATE__CACHE__KEY_SECRET", "0123456789abcdef0123"),
+                ("PHONEGATE_CONFIG", "/not/a/setting"),
+            ]),
+        )
+        .expect("valid overrides");
+        assert_eq!(c.cache.ttl, Duration::from_secs(30));
+        assert_eq!(c.listen, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(c.admin_listen, "[::1]:9999".parse().unwrap());
+        assert_eq!(c.upstream.base_url, "http://127.0.0.1:1234");
+        assert_eq!(c.redact.mode, redact::Mode::Remove);
+        assert_eq!(c.redact.extra_fields, vec!["mySecretThing", "other"]);
+        assert_eq!(c.cache.key_secret.as_deref(), Some("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn a_file_layer_sits_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("phonegate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("layer.toml");
+        std::fs::write(&path, "[cache]\nttl_secs = 7\nnegative_ttl_secs = 2\n").unwrap();
+        let c = Config::load_with_env(Some(&path), env(&[("PHONEGATE__CACHE__TTL_SECS", "9")]))
+            .unwrap();
+        assert_eq!(
+            c.cache.ttl,
+            Duration::from_secs(9),
+            "environment wins over file"
+        );
+        assert_eq!(
+            c.cache.negative_ttl,
+            Duration::from_secs(2),
+            "file wins over defaults"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_value() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("PHONEGATE__CACHE__TTL_SECS", "soon", "ttl_secs"),
+            ("PHONEGATE__LISTEN", "localhost", "listen"),
+            ("PHONEGATE__REDACT__MODE", "scramble", "redact.mode"),
+            ("PHONEGATE__LOG__FORMAT", "xml", "log.format"),
+            ("PHONEGATE__UPSTREAM__URL", "ftp://x", "upstream.url"),
+            (
+                "PHONEGATE__UPSTREAM__TIMEOUT_MS",
+                "0",
+                "upstream.timeout_ms",
+            ),
+            ("PHONEGATE__REDACT__MAX_DEPTH", "500", "redact.max_depth"),
+            ("PHONEGATE__CACHE__TTL", "5", "ttl"),
+        ];
+        for (key, value, expect_key) in cases {
+            let err = Config::load_with_env(None, env(&[(key, value)]))
+                .err()
+                .unwrap_or_else(|| panic!("{key}={value} must be rejected"));
+            let msg = err.to_string();
+            assert!(msg.contains(expect_key), "{msg} should name {expect_key}");
+            if !matches!(*key, "PHONEGATE__CACHE__TTL") {
+                assert!(msg.contains(value), "{msg} should show the value {value}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_key_secret_is_refused_without_echoing_it() {
+        let err = Config::load_with_env(None, env(&[("PHONEGATE__CACHE__KEY_SECRET", "hunter2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.key_secret"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let err = Config::from_toml("[tls]\ncert_path = \"/a.pem\"\n").unwrap_err();
+        assert!(err.to_string().contains("tls.key_path"), "{err}");
+        let ok =
+            Config::from_toml("[tls]\ncert_path = \"/a.pem\"\nkey_path = \"/k.pem\"\n").unwrap();
+        assert!(ok.tls.is_some());
+    }
+
+    #[test]
+    fn upstream_url_with_credentials_or_query_is_refused() {
+        for url in [
+            "http://user:pw@host",
+            "http://host/?a=1",
+            "not a url",
+            "/relative",
+        ] {
+            let toml = format!("[upstream]\nurl = {url:?}\n");
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains("upstream.url"), "{url}: {err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_key_secret() {
+        let c =
+            Config::from_toml("[cache]\nkey_secret = \"0123456789abcdef-very-secret\"\n").unwrap();
+        assert!(!format!("{:?}", c.cache).contains("very-secret"));
+    }
+}

@@ -1,0 +1,222 @@
+//! How phonegate's responses look: cached answers, conditional requests, errors, and the headers
+//! every response carries.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{
+    AGE, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::cache::Entry;
+use crate::error::ProxyError;
+use crate::route::RouteError;
+
+/// The body type of every response phonegate sends.
+pub type Body = Full<Bytes>;
+
+/// Response header telling how the cache took part: `hit` or `miss`.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Request and response header carrying the request id.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Answers depend on the caller's credential, so no shared cache (CDN, browser proxy) may reuse
+/// them for someone else.
+const PRIVATE: HeaderValue = HeaderValue::from_static("private");
+
+/// How the cache took part in an answer; the `x-cache` header and the access log's `cache` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the cache.
+    Hit,
+    /// Fetched from the upstream (by this request or by one it waited for).
+    Miss,
+    /// The request never reached the cache (refused before it); no `x-cache` header is sent.
+    None,
+}
+
+impl CacheStatus {
+    /// The header and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::None => "none",
+        }
+    }
+
+    fn header(self) -> Option<HeaderValue> {
+        match self {
+            CacheStatus::Hit => Some(HeaderValue::from_static("hit")),
+            CacheStatus::Miss => Some(HeaderValue::from_static("miss")),
+            CacheStatus::None => None,
+        }
+    }
+}
+
+/// Builds the answer for `entry`; `304` when `if_none_match` matches its tag; no body for HEAD.
+pub fn from_entry(
+    entry: &Entry,
+    head: bool,
+    cache: CacheStatus,
+    request_headers: &HeaderMap,
+    now: Instant,
+) -> Response<Body> {
+    let not_modified = entry.etag.as_ref().is_some_and(|tag| {
+        request_headers
+            .get_all(IF_NONE_MATCH)
+            .iter()
+            .any(|inm| if_none_match_matches(inm, tag))
+    });
+    let (status, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, Bytes::new())
+    } else if head {
+        (entry.status, Bytes::new())
+    } else {
+        (entry.status, entry.body.clone())
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if !not_modified {
+        headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+        if head {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        }
+    }
+    if let Some(tag) = &entry.etag {
+        headers.insert(ETAG, tag.clone());
+    }
+    if let Some(retry_after) = &entry.retry_after {
+        headers.insert(RETRY_AFTER, retry_after.clone());
+    }
+    if cache == CacheStatus::Hit {
+        let age = now.saturating_duration_since(entry.stored_at).as_secs();
+        headers.insert(AGE, HeaderValue::from(age));
+    }
+    if let Some(value) = cache.header() {
+        headers.insert(X_CACHE, value);
+    }
+    response
+}
+
+/// Builds the JSON error answer for `error`.
+pub fn from_error(error: &ProxyError, head: bool) -> Response<Body> {
+    let body = error.body();
+    let len = body.len();
+    let mut response = Response::new(Full::new(if head { Bytes::new() } else { body }));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+    if head {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    match error {
+        ProxyError::Route(RouteError::MethodNotAllowed) => {
+            headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        ProxyError::Auth(_) => {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
+    }
+    response
+}
+
+/// Adds the headers every response carries: `x-request-id` and `cache-control: private`.
+pub fn finish(response: &mut Response<Body>, request_id: HeaderValue) {
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID, request_id);
+    headers.insert(CACHE_CONTROL, PRIVATE);
+}
+
+/// RFC 9110 §13.1.2: `*`, or a list of entity tags compared weakly (`W/` ignored).
+fn if_none_match_matches(header: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(header) = header.to_str() else {
+        return false;
+    };
+    let ours = strip_weak(etag.to_str().unwrap_or_default());
+    header.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || (!candidate.is_empty() && strip_weak(candidate) == ours)
+    })
+}
+
+fn strip_weak(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry() -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            body: Bytes::from_static(b"{\"id\":1}"),
+            etag: Some(HeaderValue::from_static("\"abc\"")),
+            retry_after: None,
+            stored_at: Instant::now(),
+            fresh_for: Duration::from_secs(60),
+        }
+    }
+
+    fn with_inm(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(IF_NONE_MATCH, HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn matching_if_none_match_gives_304_without_body() {
+        for inm in ["\"abc\"", "W/\"abc\"", "\"x\", \"abc\"", "*"] {
+            let r = from_entry(
+                &entry(),
+                false,
+                CacheStatus::Hit,
+                &with_inm(inm),
+                Instant::now(),
+            );
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{inm}");
+            assert_eq!(r.headers()[ETAG], "\"abc\"");
+        }
+        let r = from_entry(
+            &entry(),
+            false,
+            CacheStatus::Hit,
+            &with_inm("\"other\""),
+            Instant::now(),
+        );
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn hits_carry_age_and_x_cache() {
+        let e = entry();
+        let later = e.stored_at + Duration::from_secs(7);
+        let r = from_entry(&e, false, CacheStatus::Hit, &HeaderMap::new(), later);
+        assert_eq!(r.headers()[AGE], "7");
+        assert_eq!(r.headers()[X_CACHE], "hit");
+        let r = from_entry(&e, false, CacheStatus::Miss, &HeaderMap::new(), later);
+        assert!(r.headers().get(AGE).is_none());
+        assert_eq!(r.headers()[X_CACHE], "miss");
+    }
+
+    #[test]
+    fn head_keeps_the_length_but_not_the_body() {
+        let r = from_entry(
+            &entry(),
+            true,
+            CacheStatus::Miss,
+            &HeaderMap::new(),
+            Instant::now(),
+        );
+        assert_eq!(r.headers()[CONTENT_LENGTH], "8");
+    }
+}

@@ -1,0 +1,226 @@
+//! The response filter: turns what the upstream said into the answer phonegate may cache and send.
+//!
+//! Every body is parsed and redacted here, before anything is cached or returned; a body that
+//! cannot be parsed or redacted is never relayed (fail closed). The content type is not trusted
+//! either way: a body is relayed only if it parses as JSON.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+
+use crate::cache::Entry;
+use crate::error::ProxyError;
+use crate::redact::{Policy, RedactError};
+use crate::upstream::UpstreamResponse;
+
+/// How long answers of each kind stay fresh.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    /// For 200s (`cache.ttl_secs`).
+    pub ok: Duration,
+    /// For 404s (`cache.negative_ttl_secs`).
+    pub not_found: Duration,
+}
+
+/// Redacts and classifies one upstream answer.
+///
+/// - 2xx: must be JSON the policy can redact, else 502; a 200 is cacheable for `fresh.ok`.
+/// - 404: redacted and cacheable for `fresh.not_found`.
+/// - other 4xx/5xx: redacted and relayed, never cached; a body that is not JSON (a CDN's HTML
+///   page) is replaced by phonegate's own JSON error with the same status.
+/// - anything else (1xx, 3xx): 502, since this route has no redirects to follow.
+pub fn filter(
+    upstream: UpstreamResponse,
+    policy: &Policy,
+    fresh: Freshness,
+    now: Instant,
+) -> Result<Entry, ProxyError> {
+    let status = upstream.status;
+    let fresh_for = match status {
+        StatusCode::OK => fresh.ok,
+        StatusCode::NOT_FOUND => fresh.not_found,
+        _ => Duration::ZERO,
+    };
+    if !(status.is_success() || status.is_client_error() || status.is_server_error()) {
+        return Err(ProxyError::BadUpstreamBody(
+            "the upstream answered with an unexpected status",
+        ));
+    }
+    let body = match redact_body(&upstream.body, policy) {
+        Ok(body) => body,
+        Err(why) if status.is_success() => return Err(ProxyError::BadUpstreamBody(why)),
+        Err(_) => return Err(ProxyError::UpstreamErrorPage(status)),
+    };
+    let etag = (status == StatusCode::OK).then(|| etag_for(&body));
+    Ok(Entry {
+        status,
+        body,
+        etag,
+        retry_after: upstream.retry_after,
+        stored_at: now,
+        fresh_for,
+    })
+}
+
+/// Parses, redacts and re-serialises a body; the error says why it cannot be relayed.
+fn redact_body(raw: &[u8], policy: &Policy) -> Result<Bytes, &'static str> {
+    let mut value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
+        // serde_json stops at 128 levels of nesting with a syntax-class error of its own.
+        if e.to_string().contains("recursion limit") {
+            "the upstream answer was nested too deeply"
+        } else {
+            "the upstream answer was not valid JSON"
+        }
+    })?;
+    policy.redact(&mut value).map_err(|e| match e {
+        RedactError::TooDeep { .. } => "the upstream answer was nested too deeply",
+    })?;
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|_| "the upstream answer could not be re-encoded")
+}
+
+/// A strong validator over the redacted bytes: equal bodies, equal tags, across replicas too.
+fn etag_for(body: &[u8]) -> HeaderValue {
+    let hash = blake3::hash(body);
+    let hex = hash.to_hex();
+    let tag = format!("\"{}\"", &hex.as_str()[..32]);
+    // 32 hex digits between quotes is always a valid header value.
+    HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"invalid\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = include_str!("../tests/fixtures/example-twilio-phone-number.json");
+
+    fn upstream(status: u16, body: &str) -> UpstreamResponse {
+        UpstreamResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            body: Bytes::from(body.to_owned()),
+            retry_after: None,
+        }
+    }
+
+    fn fresh() -> Freshness {
+        Freshness {
+            ok: Duration::from_secs(60),
+            not_found: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_200_is_redacted_tagged_and_cacheable() {
+        let e = filter(
+            upstream(200, FIXTURE),
+            &Policy::default(),
+            fresh(),
+            Instant::now(),
+        )
+        .unwrap();
+        let text = std::str::from_utf8(&e.body).unwrap();
+        assert!(!text.contains("FAKE0auth0token"), "{text}");
+        assert!(text.contains("AC00000000000000000000000000000000"));
+        assert_eq!(e.fresh_for, Duration::from_secs(60));
+        let etag = e.etag.unwrap();
+        assert_eq!(etag.len(), 34);
+        let again = filter(
+            upstream(200, FIXTURE),
+            &Policy::default(),
+            fresh(),
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(again.etag.unwrap(), etag, "same body, same tag");
+    }
+
+    #[test]
+    fn a_404_is_cached_briefly_and_errors_not_at_all() {
+        let body = r#"{"message":"Not Found","error":"Not Found","statusCode":404}"#;
+        let e = filter(
+            upstream(404, body),
+            &Policy::default(),
+            fresh(),
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(e.fresh_for, Duration::from_secs(5));
+        assert!(e.etag.is_none());
+        for status in [401, 403, 429, 500, 503] {
+            let e = filter(
+                upstream(status, body),
+                &Policy::default(),
+                fresh(),
+                Instant::now(),
+            )
+            .unwrap();
+            assert!(!e.is_cacheable(), "{status}");
+        }
+    }
+
+    #[test]
+    fn unusable_2xx_bodies_are_refused() {
+        for body in ["<html>", "", "{\"a\":", "not json"] {
+            let err = filter(
+                upstream(200, body),
+                &Policy::default(),
+                fresh(),
+                Instant::now(),
+            )
+            .unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_GATEWAY, "{body}");
+        }
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let err = filter(
+            upstream(200, &deep),
+            &Policy::default(),
+            fresh(),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ProxyError::BadUpstreamBody("the upstream answer was nested too deeply")
+        );
+    }
+
+    #[test]
+    fn html_error_pages_are_replaced_with_the_same_status() {
+        let err = filter(
+            upstream(403, "<html>Cloudflare</html>"),
+            &Policy::default(),
+            fresh(),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(err, ProxyError::UpstreamErrorPage(StatusCode::FORBIDDEN));
+        assert!(!String::from_utf8_lossy(&err.body()).contains("Cloudflare"));
+    }
+
+    #[test]
+    fn error_bodies_are_redacted_too() {
+        let body = r#"{"message":["twilioAuthToken must be a string"],"statusCode":400,"twilioAuthToken":"leak-me"}"#;
+        let e = filter(
+            upstream(400, body),
+            &Policy::default(),
+            fresh(),
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(!String::from_utf8_lossy(&e.body).contains("leak-me"));
+    }
+
+    #[test]
+    fn redirects_are_not_relayed() {
+        let err = filter(
+            upstream(302, "{}"),
+            &Policy::default(),
+            fresh(),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+    }
+}

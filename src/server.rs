@@ -1,0 +1,288 @@
+//! Listeners and the connection lifecycle: accept, TLS, protocol choice, graceful drain.
+//!
+//! Each connection's protocol is decided before hyper sees it, under the header timeout: by ALPN
+//! with TLS, by peeking at the HTTP/2 preface without. hyper-util's auto-detection would wait for
+//! the first bytes without any deadline, letting a silent client hold a connection forever.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin;
+use crate::config::Config;
+use crate::proxy;
+use crate::state::AppState;
+use crate::tls;
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Largest request head (request line plus headers) over HTTP/1.1, and header list over HTTP/2.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Concurrent HTTP/2 streams per connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A setting could not be used (exit code 64).
+    Config(String),
+    /// A listener could not be bound.
+    Bind {
+        /// The setting naming the address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        error: io::Error,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(msg) => f.write_str(msg),
+            StartError::Bind { key, addr, error } => {
+                write!(f, "cannot listen on {addr} ({key}): {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A bound, not yet running phonegate: the proxy and admin listeners and the shared state.
+pub struct Server {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Builds the state and binds both listeners (port 0 picks a free port, as tests do).
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let tls = match &config.tls {
+            Some(t) => Some(TlsAcceptor::from(Arc::new(
+                tls::server_config(&t.cert_path, &t.key_path)
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            ))),
+            None => None,
+        };
+        let listen = config.listen;
+        let admin_listen = config.admin_listen;
+        let state = AppState::new(config).map_err(|e| StartError::Config(e.to_string()))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|error| StartError::Bind {
+                key: "listen",
+                addr: listen,
+                error,
+            })?;
+        let admin_listener =
+            TcpListener::bind(admin_listen)
+                .await
+                .map_err(|error| StartError::Bind {
+                    key: "admin.listen",
+                    addr: admin_listen,
+                    error,
+                })?;
+        Ok(Server {
+            state,
+            listener,
+            admin_listener,
+            tls,
+        })
+    }
+
+    /// The proxy listener's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin_listener.local_addr()
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, marks itself not ready, and gives
+    /// in-flight requests up to `server.drain_timeout_ms` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            state,
+            listener,
+            admin_listener,
+            tls,
+        } = self;
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin = tokio::spawn(admin::serve(
+            Arc::clone(&state),
+            admin_listener,
+            admin_stop_rx,
+        ));
+        let protocols = Arc::new(Protocols::new(&state.config));
+        let graceful = GracefulShutdown::new();
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, tls = tls.is_some(), "phonegate listening");
+        }
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        tokio::spawn(serve_connection(
+                            Arc::clone(&state),
+                            Arc::clone(&protocols),
+                            tls.clone(),
+                            stream,
+                            graceful.watcher(),
+                        ));
+                    }
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+
+        state.start_draining();
+        drop(listener);
+        let drain = state.config.server.drain_timeout;
+        tracing::info!(
+            connections = graceful.count(),
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: draining in-flight requests"
+        );
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("drained"),
+            () = tokio::time::sleep(drain) => {
+                tracing::warn!("drain deadline passed; exiting with requests still in flight");
+            }
+        }
+        let _ = admin_stop_tx.send(true);
+        let _ = admin.await;
+    }
+}
+
+/// The two connection builders, configured once.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_timeout: Duration,
+}
+
+impl Protocols {
+    fn new(config: &Config) -> Self {
+        let header_timeout = config.server.header_timeout;
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true)
+            .max_buf_size(MAX_HEADER_BYTES);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Protocols {
+            http1: h1,
+            http2: h2,
+            header_timeout,
+        }
+    }
+}
+
+async fn serve_connection(
+    state: Arc<AppState>,
+    protocols: Arc<Protocols>,
+    tls: Option<TlsAcceptor>,
+    stream: TcpStream,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let deadline = protocols.header_timeout;
+    let service = service_fn(move |req| proxy::handle(Arc::clone(&state), req));
+    let result = match tls {
+        None => {
+            let is_h2 = match tokio::time::timeout(deadline, sniff_h2(&stream)).await {
+                Ok(Ok(Some(is_h2))) => is_h2,
+                // Closed, failed, or silent past the header timeout.
+                _ => return,
+            };
+            let io = TokioIo::new(stream);
+            if is_h2 {
+                watcher
+                    .watch(protocols.http2.serve_connection(io, service))
+                    .await
+            } else {
+                watcher
+                    .watch(protocols.http1.serve_connection(io, service))
+                    .await
+            }
+        }
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(stream);
+            if is_h2 {
+                watcher
+                    .watch(protocols.http2.serve_connection(io, service))
+                    .await
+            } else {
+                watcher
+                    .watch(protocols.http1.serve_connection(io, service))
+                    .await
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// `Some(true)` when the client opens with the HTTP/2 preface (h2c with prior knowledge),
+/// `Some(false)` for anything else, `None` if it closed first. Peeks, so nothing is consumed.
+async fn sniff_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        // Part of the preface so far: peek returns at once while data is buffered, so wait a
+        // little for the rest. The caller's timeout bounds this.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

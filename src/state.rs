@@ -1,0 +1,85 @@
+//! The state shared by every request, built once at start-up and handed around as an `Arc`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::cache::coalesce::Coalescer;
+use crate::cache::{CacheKey, ResponseCache};
+use crate::config::Config;
+use crate::credential::Fingerprinter;
+use crate::proxy::Fetched;
+use crate::redact::Policy;
+use crate::response_filter::Freshness;
+use crate::tls::TlsError;
+use crate::upstream::Upstream;
+
+/// Shared state: settings, cache, in-flight fetches, upstream client.
+pub struct AppState {
+    /// The validated settings.
+    pub config: Config,
+    /// Redacted answers by (id, credential).
+    pub cache: ResponseCache,
+    /// Upstream fetches in flight, by cache key.
+    pub inflight: Arc<Coalescer<CacheKey, Fetched>>,
+    /// The upstream client.
+    pub upstream: Upstream,
+    /// Keyed credential fingerprints.
+    pub fingerprinter: Fingerprinter,
+    /// The redaction policy.
+    pub policy: Policy,
+    /// Freshness of cached answers.
+    pub freshness: Freshness,
+    draining: AtomicBool,
+}
+
+/// Why the state could not be built; start-up reports it as bad configuration.
+#[derive(Debug)]
+pub enum StateError {
+    /// A TLS file or setting.
+    Tls(TlsError),
+    /// The OS random source failed (needed for a per-process fingerprint key).
+    Random(String),
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Tls(e) => e.fmt(f),
+            StateError::Random(e) => write!(f, "cannot generate a random cache.key_secret: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+impl AppState {
+    /// Builds the shared state from validated settings.
+    pub fn new(config: Config) -> Result<Arc<Self>, StateError> {
+        let upstream = Upstream::new(&config.upstream).map_err(StateError::Tls)?;
+        let fingerprinter = Fingerprinter::new(config.cache.key_secret.as_deref())
+            .map_err(|e| StateError::Random(e.to_string()))?;
+        Ok(Arc::new(AppState {
+            cache: ResponseCache::new(config.cache.max_bytes),
+            inflight: Arc::default(),
+            upstream,
+            fingerprinter,
+            policy: config.redact.policy(),
+            freshness: Freshness {
+                ok: config.cache.ttl,
+                not_found: config.cache.negative_ttl,
+            },
+            config,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether shutdown has begun (readiness answers 503 from then on).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the start of shutdown.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,202 @@
+//! The upstream side: one pooled HTTP/1.1 + HTTP/2 client (rustls for `https://`), the headers a
+//! request carries upstream, and a whole-exchange deadline.
+//!
+//! The upstream request is built from scratch from an allow-list ([`upstream_headers`]), never by
+//! copying the caller's headers, so hop-by-hop headers, cookies and anything else the caller sent
+//! cannot reach the upstream. Likewise nothing of the upstream's response headers is relayed but
+//! what [`UpstreamResponse`] keeps.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use uuid::Uuid;
+
+use crate::config::UpstreamConfig;
+use crate::error::ProxyError;
+use crate::tls::{self, TlsError};
+
+/// Header carrying the request id to the upstream, so its logs and ours can be joined.
+pub const REQUEST_ID: &str = "x-request-id";
+
+const USER_AGENT_VALUE: &str = concat!("phonegate/", env!("CARGO_PKG_VERSION"));
+
+/// How long an idle pooled connection is kept; below common load-balancer idle timeouts (60 s).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// What the upstream answered, body read in full (within the size cap).
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    /// The upstream status.
+    pub status: StatusCode,
+    /// The raw (unredacted) body. Never logged, never cached as is.
+    pub body: Bytes,
+    /// `Retry-After`, kept for 429 and 503 answers.
+    pub retry_after: Option<HeaderValue>,
+}
+
+/// How an upstream exchange failed before yielding a usable response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No connection could be made.
+    Unreachable,
+    /// No whole answer within the deadline.
+    Timeout,
+    /// The connection broke after it was made.
+    Failed,
+    /// The body was larger than `upstream.max_body_bytes`.
+    TooLarge(StatusCode),
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Unreachable => ProxyError::UpstreamUnreachable,
+            UpstreamError::Timeout => ProxyError::UpstreamTimeout,
+            UpstreamError::Failed => ProxyError::UpstreamFailed,
+            UpstreamError::TooLarge(status) if status.is_success() => {
+                ProxyError::BadUpstreamBody("the upstream answer was larger than the allowed size")
+            }
+            UpstreamError::TooLarge(status) => ProxyError::UpstreamErrorPage(status),
+        }
+    }
+}
+
+/// The pooled upstream client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    base_url: String,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl Upstream {
+    /// Builds the client from the validated settings.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
+        let tls = tls::client_config(config.ca_path.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(https);
+        Ok(Upstream {
+            client,
+            base_url: config.base_url.clone(),
+            timeout: config.timeout,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// `GET {base}/phone-number/{id}` with the caller's credential.
+    pub async fn get_phone_number(
+        &self,
+        id: Uuid,
+        authorization: &HeaderValue,
+        request_id: &HeaderValue,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = format!("{}/phone-number/{}", self.base_url, id.hyphenated());
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Empty::new())
+            // The base URL was validated at start-up and the id is a parsed UUID.
+            .map_err(|_| UpstreamError::Failed)?;
+        *request.headers_mut() = upstream_headers(authorization, request_id);
+        self.send(request).await
+    }
+
+    async fn send(
+        &self,
+        request: Request<Empty<Bytes>>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    UpstreamError::Unreachable
+                } else {
+                    UpstreamError::Failed
+                }
+            })?;
+            let (parts, body) = response.into_parts();
+            let status = parts.status;
+            if declared_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
+                return Err(UpstreamError::TooLarge(status));
+            }
+            let body = Limited::new(body, self.max_body_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<LengthLimitError>().is_some() {
+                        UpstreamError::TooLarge(status)
+                    } else {
+                        UpstreamError::Failed
+                    }
+                })?
+                .to_bytes();
+            let keep_retry_after = status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE;
+            Ok(UpstreamResponse {
+                status,
+                body,
+                retry_after: keep_retry_after
+                    .then(|| parts.headers.get(RETRY_AFTER).cloned())
+                    .flatten(),
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+/// The complete header set of an upstream request. Only these go upstream: the caller's
+/// credential, the request id, and our own `accept` and `user-agent`. `host` is set by the client
+/// from the URL.
+pub fn upstream_headers(authorization: &HeaderValue, request_id: &HeaderValue) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(4);
+    let mut auth = authorization.clone();
+    auth.set_sensitive(true);
+    headers.insert(AUTHORIZATION, auth);
+    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    headers.insert(REQUEST_ID, request_id.clone());
+    headers
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_allow_listed_headers_go_upstream() {
+        let h = upstream_headers(
+            &HeaderValue::from_static("Bearer abc"),
+            &HeaderValue::from_static("req-1"),
+        );
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["authorization", "accept", "user-agent", "x-request-id"]
+        );
+        assert!(h[AUTHORIZATION].is_sensitive());
+    }
+}
