@@ -1,6 +1,6 @@
 //! Shared test harness: a phonegate started in-process on ephemeral ports against a mock upstream,
 //! and small clients (a pooled HTTP/1.1 client and a raw-socket one for malformed requests).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod mock_vapi;
 
@@ -118,7 +118,10 @@ fn merge_sections(toml: &str) -> String {
             }
             continue;
         }
-        bodies.entry(current.clone()).or_default().push(line.to_owned());
+        bodies
+            .entry(current.clone())
+            .or_default()
+            .push(line.to_owned());
     }
     let mut out = String::new();
     for section in order {

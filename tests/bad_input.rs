@@ -1,0 +1,169 @@
+//! Bad input: every malformed request gets a 4xx JSON error and the upstream never hears of it.
+
+mod support;
+
+use http::{Method, StatusCode};
+use support::mock_vapi::TWILIO_ID;
+use support::{MockVapi, Proxy, TOKEN_A, get, get_with, path, raw, raw_body, raw_status};
+
+async fn setup() -> (MockVapi, Proxy) {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+    (mock, proxy)
+}
+
+fn assert_json_error(status: StatusCode, body: &serde_json::Value, expect: u16) {
+    assert_eq!(status.as_u16(), expect, "{body}");
+    assert_eq!(body["statusCode"], expect, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(body["error"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn missing_or_malformed_credentials_get_401_without_an_upstream_call() {
+    let (mock, proxy) = setup().await;
+    let none = get(&proxy, &path(TWILIO_ID), None).await;
+    assert_json_error(none.status, &none.json(), 401);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    for auth in [
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer ",
+        "bearer two words",
+        "Token abc",
+        "abc",
+    ] {
+        let resp = get_with(&proxy, Method::GET, &path(TWILIO_ID), None, &[("authorization", auth)]).await;
+        let body = resp.json();
+        assert_json_error(resp.status, &body, 401);
+        assert!(!resp.text().contains("dXNlcjpwYXNz"), "the header is not echoed");
+        assert!(resp.header("x-request-id").is_some());
+        assert_eq!(resp.header("cache-control"), Some("private"));
+    }
+    // Two Authorization headers: ambiguous, refused.
+    let resp = raw(
+        proxy.addr,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\nConnection: close\r\n\r\n",
+            path(TWILIO_ID)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 401);
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn other_paths_ids_and_methods_are_refused() {
+    let (mock, proxy) = setup().await;
+    let cases: &[(Method, String, u16)] = &[
+        (Method::GET, "/".into(), 404),
+        (Method::GET, "/phone-number".into(), 404),
+        (Method::GET, "/assistant/8f2b6c1e-4d3a-4b7e-9c21-5a0e7d3f9b44".into(), 404),
+        (Method::GET, format!("{}/extra", path(TWILIO_ID)), 404),
+        (Method::GET, format!("{}/", path(TWILIO_ID)), 404),
+        (Method::GET, "/phone-number/not-a-uuid".into(), 400),
+        (Method::GET, "/phone-number/3b1f6a528c7e4d19a2f46e0b9c3d7a15".into(), 400),
+        (Method::GET, "/phone-number/{3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15}".into(), 400),
+        (Method::POST, path(TWILIO_ID), 405),
+        (Method::PUT, path(TWILIO_ID), 405),
+        (Method::DELETE, path(TWILIO_ID), 405),
+        (Method::PATCH, path(TWILIO_ID), 405),
+        (Method::OPTIONS, path(TWILIO_ID), 405),
+    ];
+    for (method, p, expect) in cases {
+        let resp = get_with(&proxy, method.clone(), p, Some(TOKEN_A), &[]).await;
+        assert_json_error(resp.status, &resp.json(), *expect);
+        if *expect == 405 {
+            assert_eq!(resp.header("allow"), Some("GET, HEAD"), "{method} {p}");
+        }
+    }
+    assert_eq!(mock.hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn encoded_slashes_dots_nuls_and_long_paths_are_refused() {
+    let (mock, proxy) = setup().await;
+    let cases: &[(String, u16)] = &[
+        ("/phone-number%2F3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15".into(), 400),
+        ("/phone-number/%2e%2e/assistant".into(), 400),
+        ("/phone-number/..%2Fassistant".into(), 400),
+        (format!("{}%00", path(TWILIO_ID)), 400),
+        (format!("/phone-number/../phone-number/{TWILIO_ID}"), 400),
+        (format!("/phone-number/./{TWILIO_ID}"), 400),
+        (format!("/phone-number/{}", "a".repeat(5000)), 414),
+    ];
+    for (p, expect) in cases {
+        let resp = raw(
+            proxy.addr,
+            format!(
+                "GET {p} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), *expect, "{p}: {resp}");
+        let body: serde_json::Value = serde_json::from_str(raw_body(&resp))
+            .unwrap_or_else(|e| panic!("{p}: not JSON ({e}): {resp}"));
+        assert_eq!(body["statusCode"], *expect);
+    }
+    // A raw NUL byte is not valid HTTP at all: hyper refuses it before phonegate sees it.
+    let resp = raw(
+        proxy.addr,
+        format!("GET /phone-number/{TWILIO_ID}\0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
+    assert_eq!(mock.hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn a_get_with_a_body_is_refused() {
+    let (mock, proxy) = setup().await;
+    for framing in [
+        "Content-Length: 5\r\n\r\nhello".to_owned(),
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned(),
+    ] {
+        let resp = raw(
+            proxy.addr,
+            format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nConnection: close\r\n{framing}",
+                path(TWILIO_ID)
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "{resp}");
+        let body: serde_json::Value = serde_json::from_str(raw_body(&resp)).unwrap();
+        assert!(body["message"].as_str().unwrap().contains("body"), "{body}");
+    }
+    // An explicit empty body is fine.
+    let resp = raw(
+        proxy.addr,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            path(TWILIO_ID)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(mock.hits(), 1, "only the well-formed request went upstream");
+}
+
+#[tokio::test]
+async fn absolute_form_targets_cannot_redirect_the_upstream() {
+    let (mock, proxy) = setup().await;
+    let resp = raw(
+        proxy.addr,
+        format!(
+            "GET http://evil.example/phone-number/{TWILIO_ID} HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {TOKEN_A}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    // The authority is ignored: the request goes to the configured upstream or nowhere.
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1);
+}
