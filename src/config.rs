@@ -78,6 +78,7 @@ struct RawSettings {
     upstream: RawUpstream,
     cache: RawCache,
     redact: RawRedact,
+    limits: RawLimits,
     log: RawLog,
     #[serde(default)]
     tls: RawTls,
@@ -98,6 +99,27 @@ struct RawUpstream {
     max_body_bytes: u64,
     #[serde(default)]
     ca_path: Option<String>,
+    max_in_flight: u64,
+    queue_timeout_ms: u64,
+    max_retry_after_secs: u64,
+    breaker: RawBreaker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failures: u64,
+    open_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    misses_per_sec_per_key: u32,
+    miss_burst: u32,
+    requests_per_sec_per_key: u32,
+    request_burst: u32,
+    max_tracked_keys: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +127,8 @@ struct RawUpstream {
 struct RawCache {
     ttl_secs: u64,
     negative_ttl_secs: u64,
+    stale_while_revalidate_secs: u64,
+    stale_if_error_secs: u64,
     max_bytes: u64,
     #[serde(default)]
     key_secret: Option<String>,
@@ -140,6 +164,8 @@ struct RawTls {
 struct RawServer {
     header_timeout_ms: u64,
     drain_timeout_ms: u64,
+    max_connections: u64,
+    request_timeout_ms: u64,
 }
 
 // ---- validated runtime configuration ----
@@ -157,6 +183,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The redaction policy.
     pub redact: RedactConfig,
+    /// Upstream protection: concurrency, breaker, per-credential limits and cool-downs.
+    pub shield: ShieldConfig,
     /// Logging.
     pub log: LogConfig,
     /// TLS on the proxy listener; `None` is plain HTTP. Default is `None`.
@@ -185,6 +213,11 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Freshness of a 404. Default is 5 s; 0 disables caching of 404s.
     pub negative_ttl: Duration,
+    /// After the TTL, how long a stale answer is served while it is refreshed. Default is 30 s.
+    pub stale_while_revalidate: Duration,
+    /// After the TTL, how long a stale answer may stand in for a failing upstream. Default is
+    /// 300 s.
+    pub stale_if_error: Duration,
     /// Size bound in bytes. Default is 256 MiB.
     pub max_bytes: u64,
     /// Fingerprint key; `None` means a random key per process. Default is `None`.
@@ -197,6 +230,8 @@ impl fmt::Debug for CacheConfig {
         f.debug_struct("CacheConfig")
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("stale_if_error", &self.stale_if_error)
             .field("max_bytes", &self.max_bytes)
             .field("key_secret", &self.key_secret.as_ref().map(|_| "(set)"))
             .finish()
@@ -226,6 +261,31 @@ impl RedactConfig {
             self.max_depth,
         )
     }
+}
+
+/// Upstream protection settings.
+#[derive(Debug, Clone)]
+pub struct ShieldConfig {
+    /// Upstream requests at once. Default is 64.
+    pub max_in_flight: usize,
+    /// Wait for an upstream slot. Default is 1 s.
+    pub queue_timeout: Duration,
+    /// Cap on a 429 cool-down. Default is 60 s.
+    pub max_retry_after: Duration,
+    /// Consecutive failures that open the breaker. Default is 5.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open. Default is 10 s.
+    pub breaker_open: Duration,
+    /// Per-credential upstream-bound requests a second; 0 is off. Default is 20.
+    pub misses_per_sec_per_key: u32,
+    /// Burst of that budget. Default is 40.
+    pub miss_burst: u32,
+    /// Per-credential requests a second, hits included; 0 is off. Default is 0.
+    pub requests_per_sec_per_key: u32,
+    /// Burst of that budget. Default is the rate.
+    pub request_burst: u32,
+    /// Most credentials tracked by limits and cool-downs. Default is 100000.
+    pub max_tracked_keys: u64,
 }
 
 /// Log output format.
@@ -262,6 +322,10 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Time in-flight requests get on shutdown. Default is 10 s.
     pub drain_timeout: Duration,
+    /// Open client connections at most. Default is 10000.
+    pub max_connections: usize,
+    /// Deadline for one whole request. Default is 30 s.
+    pub request_timeout: Duration,
 }
 
 impl Config {
@@ -322,7 +386,9 @@ impl Config {
 
 impl RawSettings {
     fn validate(self) -> Result<Config, ConfigError> {
+        let shield = validate_shield(&self.upstream, self.limits)?;
         Ok(Config {
+            shield,
             listen: parse_addr("listen", &self.listen)?,
             admin_listen: parse_addr("admin.listen", &self.admin.listen)?,
             upstream: self.upstream.validate()?,
@@ -336,6 +402,14 @@ impl RawSettings {
                     self.server.header_timeout_ms,
                 )?,
                 drain_timeout: Duration::from_millis(self.server.drain_timeout_ms),
+                max_connections: at_least_one(
+                    "server.max_connections",
+                    self.server.max_connections,
+                )?,
+                request_timeout: positive_ms(
+                    "server.request_timeout_ms",
+                    self.server.request_timeout_ms,
+                )?,
             },
         })
     }
@@ -378,6 +452,8 @@ impl RawCache {
         Ok(CacheConfig {
             ttl: Duration::from_secs(self.ttl_secs),
             negative_ttl: Duration::from_secs(self.negative_ttl_secs),
+            stale_while_revalidate: Duration::from_secs(self.stale_while_revalidate_secs),
+            stale_if_error: Duration::from_secs(self.stale_if_error_secs),
             max_bytes: self.max_bytes,
             key_secret,
         })
@@ -463,6 +539,64 @@ impl RawTls {
             )),
         }
     }
+}
+
+fn validate_shield(upstream: &RawUpstream, limits: RawLimits) -> Result<ShieldConfig, ConfigError> {
+    let max_in_flight = at_least_one("upstream.max_in_flight", upstream.max_in_flight)?;
+    if max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+        return Err(invalid(
+            "upstream.max_in_flight",
+            max_in_flight,
+            "is too large",
+        ));
+    }
+    if limits.misses_per_sec_per_key > 0 && limits.miss_burst == 0 {
+        return Err(invalid(
+            "limits.miss_burst",
+            0,
+            "must be at least 1 while limits.misses_per_sec_per_key is on",
+        ));
+    }
+    let breaker_failures = u32::try_from(upstream.breaker.failures)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            invalid(
+                "upstream.breaker.failures",
+                upstream.breaker.failures,
+                "must be a whole number from 1 up",
+            )
+        })?;
+    if upstream.breaker.open_secs == 0 {
+        return Err(invalid(
+            "upstream.breaker.open_secs",
+            0,
+            "must be at least 1 second",
+        ));
+    }
+    Ok(ShieldConfig {
+        max_in_flight,
+        queue_timeout: positive_ms("upstream.queue_timeout_ms", upstream.queue_timeout_ms)?,
+        max_retry_after: Duration::from_secs(upstream.max_retry_after_secs),
+        breaker_failures,
+        breaker_open: Duration::from_secs(upstream.breaker.open_secs),
+        misses_per_sec_per_key: limits.misses_per_sec_per_key,
+        miss_burst: limits.miss_burst,
+        requests_per_sec_per_key: limits.requests_per_sec_per_key,
+        request_burst: if limits.request_burst == 0 {
+            limits.requests_per_sec_per_key
+        } else {
+            limits.request_burst
+        },
+        max_tracked_keys: at_least_one("limits.max_tracked_keys", limits.max_tracked_keys)? as u64,
+    })
+}
+
+fn at_least_one(key: &'static str, n: u64) -> Result<usize, ConfigError> {
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| invalid(key, n, "must be a whole number from 1 up"))
 }
 
 fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {

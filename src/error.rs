@@ -7,8 +7,11 @@
 
 use http::StatusCode;
 
+use std::time::Duration;
+
 use crate::credential::AuthError;
 use crate::route::RouteError;
+use crate::shield::Refusal;
 
 /// A request phonegate answers itself instead of relaying an upstream answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +30,14 @@ pub enum ProxyError {
     UpstreamFailed,
     /// A 2xx upstream body that cannot be relayed safely; the message says why.
     BadUpstreamBody(&'static str),
-    /// An upstream error whose body was not JSON (or could not be redacted), replaced by ours.
-    UpstreamErrorPage(StatusCode),
     /// Waiting for another request's fetch of the same entry took too long.
     CoalesceTimeout,
     /// The task fetching an entry ended without an answer (a bug; logged).
     FetcherVanished,
+    /// The upstream shield refused the call (limits, cool-down, breaker, queue).
+    Refused(Refusal),
+    /// The whole request took longer than `server.request_timeout_ms`.
+    RequestTimeout,
 }
 
 impl ProxyError {
@@ -53,8 +58,14 @@ impl ProxyError {
             ProxyError::UpstreamTimeout | ProxyError::CoalesceTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::UpstreamErrorPage(status) => *status,
             ProxyError::FetcherVanished => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Refused(
+                Refusal::RequestLimit(_) | Refusal::MissLimit(_) | Refusal::CoolingDown(_),
+            ) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Refused(Refusal::BreakerOpen(_) | Refusal::QueueFull) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -76,11 +87,24 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "the upstream API did not answer in time",
             ProxyError::UpstreamFailed => "the upstream API connection failed mid-answer",
             ProxyError::BadUpstreamBody(why) => why,
-            ProxyError::UpstreamErrorPage(_) => {
-                "the upstream API answered with an error page that was not JSON"
-            }
             ProxyError::CoalesceTimeout => "timed out waiting for the upstream answer",
             ProxyError::FetcherVanished => "internal error while fetching from the upstream API",
+            ProxyError::Refused(Refusal::RequestLimit(_)) => {
+                "too many requests for this API key; slow down"
+            }
+            ProxyError::Refused(Refusal::MissLimit(_)) => {
+                "too many uncached lookups for this API key; slow down"
+            }
+            ProxyError::Refused(Refusal::CoolingDown(_)) => {
+                "the upstream API is rate-limiting this API key; retry after the given delay"
+            }
+            ProxyError::Refused(Refusal::BreakerOpen(_)) => {
+                "the upstream API is failing; requests are paused briefly"
+            }
+            ProxyError::Refused(Refusal::QueueFull) => {
+                "too many requests are waiting for the upstream API"
+            }
+            ProxyError::RequestTimeout => "the request took too long",
         }
     }
 
@@ -99,10 +123,31 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::BadUpstreamBody(_) => "bad_upstream_body",
-            ProxyError::UpstreamErrorPage(_) => "upstream_error_page",
             ProxyError::CoalesceTimeout => "coalesce_timeout",
             ProxyError::FetcherVanished => "fetcher_vanished",
+            ProxyError::Refused(Refusal::RequestLimit(_)) => "request_limit",
+            ProxyError::Refused(Refusal::MissLimit(_)) => "miss_limit",
+            ProxyError::Refused(Refusal::CoolingDown(_)) => "cooling_down",
+            ProxyError::Refused(Refusal::BreakerOpen(_)) => "breaker_open",
+            ProxyError::Refused(Refusal::QueueFull) => "queue_full",
+            ProxyError::RequestTimeout => "request_timeout",
         }
+    }
+
+    /// Seconds for `Retry-After` on refusals: rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        let wait = match self {
+            ProxyError::Refused(
+                Refusal::RequestLimit(d)
+                | Refusal::MissLimit(d)
+                | Refusal::CoolingDown(d)
+                | Refusal::BreakerOpen(d),
+            ) => *d,
+            ProxyError::Refused(Refusal::QueueFull) => Duration::from_secs(1),
+            _ => return None,
+        };
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Some(secs.max(1))
     }
 
     /// The JSON body of the answer.
@@ -139,9 +184,19 @@ mod tests {
         assert_eq!(ProxyError::UpstreamUnreachable.status(), 502);
         assert_eq!(ProxyError::UpstreamTimeout.status(), 504);
         assert_eq!(ProxyError::BadUpstreamBody("x").status(), 502);
-        assert_eq!(
-            ProxyError::UpstreamErrorPage(StatusCode::FORBIDDEN).status(),
-            StatusCode::FORBIDDEN
-        );
+    }
+
+    #[test]
+    fn refusals_say_when_to_retry() {
+        let e = ProxyError::Refused(Refusal::CoolingDown(Duration::from_millis(1500)));
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after_secs(), Some(2), "rounded up");
+        let e = ProxyError::Refused(Refusal::MissLimit(Duration::from_millis(10)));
+        assert_eq!(e.retry_after_secs(), Some(1), "never zero");
+        let e = ProxyError::Refused(Refusal::BreakerOpen(Duration::from_secs(9)));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.reason(), "breaker_open");
+        assert_eq!(ProxyError::Refused(Refusal::QueueFull).status(), 503);
+        assert_eq!(ProxyError::UpstreamTimeout.retry_after_secs(), None);
     }
 }

@@ -18,6 +18,7 @@ pub mod response;
 pub mod response_filter;
 pub mod route;
 pub mod server;
+pub mod shield;
 pub mod state;
 pub mod tls;
 pub mod upstream;

@@ -1,12 +1,15 @@
 //! The request path, as named phases in a fixed order:
 //!
-//! 1. request filter: route, body check, credential ([`crate::route`], [`crate::credential`]);
+//! 1. request filter: route, body check, credential, per-credential request budget
+//!    ([`crate::route`], [`crate::credential`], [`crate::shield`]);
 //! 2. cache key: (id, credential fingerprint) ([`CacheKey`]);
-//! 3. cache lookup: a fresh entry is the answer;
-//! 4. upstream fetch, coalesced per key ([`crate::cache::coalesce`]);
+//! 3. cache lookup: fresh is a hit; within stale-while-revalidate the stale entry is the answer
+//!    and one background refresh starts; within stale-if-error it is kept as a stand-in;
+//! 4. upstream fetch, coalesced per key ([`crate::cache::coalesce`]) and gated by the shield
+//!    (miss budget, 429 cool-down, breaker, concurrency slot);
 //! 5. response filter: parse, redact, classify ([`crate::response_filter`]);
 //! 6. cache store (inside the fetch, so waiters and later callers agree);
-//! 7. response and access log.
+//! 7. response (the stand-in if the upstream failed) and access log.
 //!
 //! Shared state lives in [`AppState`]; per-request state in [`RequestContext`]. The handler never
 //! fails: every error becomes a JSON answer in [`crate::response::from_error`].
@@ -16,22 +19,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Body as _;
 use uuid::Uuid;
 
 use crate::access_log::{self, AccessRecord};
 use crate::cache::coalesce::Role;
-use crate::cache::{CacheKey, Entry};
+use crate::cache::{CacheKey, Entry, Staleness};
 use crate::credential::{self, KeyId};
 use crate::error::ProxyError;
 use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
 use crate::response_filter;
 use crate::route::{self, Route};
+use crate::shield::{Health, Pass};
 use crate::state::AppState;
 
-/// How much longer than the upstream deadline a waiter waits for a shared fetch: the fetch itself
-/// is bounded by the deadline, so this only matters if the fetch task is starved.
+/// How much longer than its own deadlines (queue wait plus upstream exchange) a caller waits for
+/// a shared fetch: the fetch is bounded by those, so this only matters if its task is starved.
 const COALESCE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Longest caller-supplied request id that is reused as is.
@@ -42,8 +46,8 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 pub struct Fetched {
     /// The answer to send, or why there is none.
     pub result: Result<Arc<Entry>, ProxyError>,
-    /// How long the upstream exchange took.
-    pub upstream: Duration,
+    /// How long the upstream exchange took; `None` when no upstream call was made.
+    pub upstream: Option<Duration>,
 }
 
 /// Per-request state that the phases fill in and the access log reads.
@@ -55,6 +59,8 @@ pub struct RequestContext {
     cache: CacheStatus,
     upstream: Option<Duration>,
     coalesced: bool,
+    /// Why a stale answer was served, for the access log.
+    stale_reason: Option<&'static str>,
 }
 
 /// Serves one request. Never fails and never panics on input: every refusal is a JSON answer.
@@ -70,10 +76,16 @@ where
         cache: CacheStatus::None,
         upstream: None,
         coalesced: false,
+        stale_reason: None,
     };
     let head = req.method() == Method::HEAD;
-    let (mut response, reason) = match serve(&state, &req, &mut ctx).await {
-        Ok(response) => (response, None),
+    let deadline = state.config.server.request_timeout;
+    let outcome = match tokio::time::timeout(deadline, serve(&state, &req, &mut ctx)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ProxyError::RequestTimeout),
+    };
+    let (mut response, reason) = match outcome {
+        Ok(response) => (response, ctx.stale_reason),
         Err(error) => {
             if error == ProxyError::FetcherVanished {
                 tracing::error!(request_id = ?ctx.request_id, "upstream fetch task ended without an answer");
@@ -100,6 +112,15 @@ where
     Ok(response)
 }
 
+/// What a lookup needs to reach the upstream on behalf of one caller.
+#[derive(Clone)]
+struct Lookup {
+    key: CacheKey,
+    id: Uuid,
+    authorization: HeaderValue,
+    request_id: HeaderValue,
+}
+
 async fn serve<B>(
     state: &Arc<AppState>,
     req: &Request<B>,
@@ -118,89 +139,183 @@ where
         .map_err(ProxyError::Auth)?;
     let fingerprint = state.fingerprinter.fingerprint(token);
     ctx.key_id = Some(fingerprint.key_id());
+    state
+        .shield
+        .check_request(&fingerprint)
+        .map_err(ProxyError::Refused)?;
     let Route::GetPhoneNumber(id) = route;
     let head = req.method() == Method::HEAD;
+    let respond = |entry: &Entry, cache: CacheStatus| {
+        response::from_entry(entry, head, cache, req.headers(), Instant::now())
+    };
 
     // 2. Cache key.
     let key = CacheKey {
         id,
         credential: fingerprint,
     };
-
-    // 3. Cache lookup.
-    let now = Instant::now();
-    if let Some(entry) = state.cache.get(&key, now) {
-        ctx.cache = CacheStatus::Hit;
-        return Ok(response::from_entry(
-            &entry,
-            head,
-            ctx.cache,
-            req.headers(),
-            now,
-        ));
-    }
-
-    // 4-6. Upstream fetch (coalesced), response filter, cache store.
-    ctx.cache = CacheStatus::Miss;
     // bearer_token accepted exactly one Authorization header, so this is that header.
     let authorization = req
         .headers()
         .get(AUTHORIZATION)
         .cloned()
         .ok_or(ProxyError::FetcherVanished)?;
-    let entry = fetch(state, key, id, authorization, ctx).await?;
+    let lookup = Lookup {
+        key,
+        id,
+        authorization,
+        request_id: ctx.request_id.clone(),
+    };
 
-    // 7. Response.
-    Ok(response::from_entry(
-        &entry,
-        head,
-        ctx.cache,
-        req.headers(),
-        Instant::now(),
-    ))
+    // 3. Cache lookup: fresh is a hit; within stale-while-revalidate, the old answer now and one
+    // refresh in the background; within stale-if-error, a stand-in should the upstream fail.
+    let mut stand_in = None;
+    if let Some(entry) = state.cache.get(&key) {
+        match entry.staleness(Instant::now(), &state.lifetimes) {
+            Staleness::Fresh => {
+                ctx.cache = CacheStatus::Hit;
+                return Ok(respond(&entry, ctx.cache));
+            }
+            Staleness::Revalidate => {
+                refresh_in_background(state, lookup);
+                ctx.cache = CacheStatus::Stale;
+                ctx.stale_reason = Some("revalidating");
+                return Ok(respond(&entry, ctx.cache));
+            }
+            Staleness::IfError => stand_in = Some(entry),
+            Staleness::Expired => {}
+        }
+    }
+
+    // 4-6. Upstream fetch (gated, coalesced), response filter, cache store.
+    ctx.cache = CacheStatus::Miss;
+    let result = fetch(state, lookup, ctx).await;
+
+    // 7. Response: the upstream's answer, or the stale stand-in if the upstream failed.
+    if let Some(stale) = stand_in {
+        if let Some(why) = upstream_failure(&result) {
+            ctx.cache = CacheStatus::Stale;
+            ctx.stale_reason = Some(why);
+            return Ok(respond(&stale, ctx.cache));
+        }
+    }
+    let entry = result?;
+    Ok(respond(&entry, ctx.cache))
 }
 
-/// Joins or starts the one upstream fetch for `key` and waits for it, boundedly.
+/// Why `result` counts as the upstream failing (so a stale answer may stand in), or `None` when
+/// it is a real answer to relay (200, 404, 401, ...).
+fn upstream_failure(result: &Result<Arc<Entry>, ProxyError>) -> Option<&'static str> {
+    match result {
+        Ok(entry) if entry.status == StatusCode::TOO_MANY_REQUESTS => Some("upstream_429"),
+        Ok(entry) if entry.status.is_server_error() => Some("upstream_5xx"),
+        Ok(_) => None,
+        Err(error) => Some(error.reason()),
+    }
+}
+
+/// Joins the fetch in flight for the key, or passes the shield's gates and starts one; then waits
+/// for it, boundedly.
 async fn fetch(
     state: &Arc<AppState>,
-    key: CacheKey,
-    id: Uuid,
-    authorization: HeaderValue,
+    lookup: Lookup,
     ctx: &mut RequestContext,
 ) -> Result<Arc<Entry>, ProxyError> {
-    let task_state = Arc::clone(state);
-    let request_id = ctx.request_id.clone();
-    let (inflight, role) = state.inflight.join_or_start(key, async move {
-        let state = task_state;
-        let started = Instant::now();
-        let result = match state
-            .upstream
-            .get_phone_number(id, &authorization, &request_id)
-            .await
-        {
-            Ok(answer) => {
-                response_filter::filter(answer, &state.policy, state.freshness, Instant::now())
-                    .map(Arc::new)
+    let key = lookup.key;
+    let inflight = match state.inflight.get(&key) {
+        // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
+        Some(inflight) => {
+            ctx.coalesced = true;
+            inflight
+        }
+        None => {
+            let pass = state
+                .shield
+                .admit(&key.credential, Instant::now(), true)
+                .map_err(ProxyError::Refused)?;
+            let task = fetch_task(Arc::clone(state), lookup, pass);
+            let (inflight, role) = state.inflight.join_or_start(key, task);
+            if role == Role::Follower {
+                // Someone started the same fetch between our check and now.
+                state.shield.release(&key.credential, pass);
+                ctx.coalesced = true;
             }
-            Err(e) => Err(e.into()),
-        };
-        if let Ok(entry) = &result {
-            state.cache.insert(key, Arc::clone(entry));
+            inflight
         }
-        Fetched {
-            result,
-            upstream: started.elapsed(),
-        }
-    });
-    ctx.coalesced = role == Role::Follower;
-    let wait = state.config.upstream.timeout + COALESCE_MARGIN;
+    };
+    let wait = state.config.shield.queue_timeout + state.config.upstream.timeout + COALESCE_MARGIN;
     match tokio::time::timeout(wait, inflight).await {
         Ok(Some(fetched)) => {
-            ctx.upstream = Some(fetched.upstream);
+            ctx.upstream = fetched.upstream;
             fetched.result
         }
         Ok(None) => Err(ProxyError::FetcherVanished),
         Err(_) => Err(ProxyError::CoalesceTimeout),
+    }
+}
+
+/// Starts one background refresh of a stale entry, unless one is already in flight or the
+/// shield says no (cool-down, open breaker): then the stale entry simply keeps serving.
+fn refresh_in_background(state: &Arc<AppState>, lookup: Lookup) {
+    let key = lookup.key;
+    if state.inflight.get(&key).is_some() {
+        return;
+    }
+    let Ok(pass) = state.shield.admit(&key.credential, Instant::now(), false) else {
+        return;
+    };
+    let task = fetch_task(Arc::clone(state), lookup, pass);
+    let (_inflight, role) = state.inflight.join_or_start(key, task);
+    if role == Role::Follower {
+        state.shield.release(&key.credential, pass);
+    }
+}
+
+/// The one upstream call for a key: waits for a slot, calls, filters, reports to the shield, and
+/// stores the answer before any waiter sees it.
+async fn fetch_task(state: Arc<AppState>, lookup: Lookup, pass: Pass) -> Fetched {
+    let credential = lookup.key.credential;
+    let slot = match state.shield.slot().await {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            state.shield.release(&credential, pass);
+            return Fetched {
+                result: Err(ProxyError::Refused(refusal)),
+                upstream: None,
+            };
+        }
+    };
+    let started = Instant::now();
+    let result = match state
+        .upstream
+        .get_phone_number(lookup.id, &lookup.authorization, &lookup.request_id)
+        .await
+    {
+        Ok(answer) => {
+            response_filter::filter(answer, &state.policy, &state.lifetimes, Instant::now())
+                .map(Arc::new)
+        }
+        Err(e) => Err(e.into()),
+    };
+    let elapsed = started.elapsed();
+    drop(slot);
+    state
+        .shield
+        .record(credential, pass, Health::of(&result), Instant::now());
+    match &result {
+        Ok(entry) if entry.is_cacheable() => state.cache.insert(lookup.key, Arc::clone(entry)),
+        // The credential lost access: whatever it could read before must not be served stale.
+        Ok(entry)
+            if entry.status == StatusCode::UNAUTHORIZED
+                || entry.status == StatusCode::FORBIDDEN =>
+        {
+            state.cache.invalidate(&lookup.key)
+        }
+        _ => {}
+    }
+    Fetched {
+        result,
+        upstream: Some(elapsed),
     }
 }
 

@@ -37,6 +37,8 @@ pub enum CacheStatus {
     Hit,
     /// Fetched from the upstream (by this request or by one it waited for).
     Miss,
+    /// An entry past its TTL, served while it is refreshed or because the upstream failed.
+    Stale,
     /// The request never reached the cache (refused before it); no `x-cache` header is sent.
     None,
 }
@@ -47,6 +49,7 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
             CacheStatus::None => "none",
         }
     }
@@ -55,6 +58,7 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit => Some(HeaderValue::from_static("hit")),
             CacheStatus::Miss => Some(HeaderValue::from_static("miss")),
+            CacheStatus::Stale => Some(HeaderValue::from_static("stale")),
             CacheStatus::None => None,
         }
     }
@@ -96,7 +100,7 @@ pub fn from_entry(
     if let Some(retry_after) = &entry.retry_after {
         headers.insert(RETRY_AFTER, retry_after.clone());
     }
-    if cache == CacheStatus::Hit {
+    if matches!(cache, CacheStatus::Hit | CacheStatus::Stale) {
         let age = now.saturating_duration_since(entry.stored_at).as_secs();
         headers.insert(AGE, HeaderValue::from(age));
     }
@@ -125,6 +129,9 @@ pub fn from_error(error: &ProxyError, head: bool) -> Response<Body> {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         _ => {}
+    }
+    if let Some(secs) = error.retry_after_secs() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }

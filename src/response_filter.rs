@@ -9,31 +9,27 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
-use crate::cache::Entry;
-use crate::error::ProxyError;
+use crate::cache::{Entry, Lifetimes};
+use crate::error::{ProxyError, json_error_body};
+
+/// The message replacing an upstream error body that could not be relayed.
+pub const ERROR_PAGE_MESSAGE: &str =
+    "the upstream API answered with an error page that was not JSON";
 use crate::redact::{Policy, RedactError};
 use crate::upstream::UpstreamResponse;
-
-/// How long answers of each kind stay fresh.
-#[derive(Debug, Clone, Copy)]
-pub struct Freshness {
-    /// For 200s (`cache.ttl_secs`).
-    pub ok: Duration,
-    /// For 404s (`cache.negative_ttl_secs`).
-    pub not_found: Duration,
-}
 
 /// Redacts and classifies one upstream answer.
 ///
 /// - 2xx: must be JSON the policy can redact, else 502; a 200 is cacheable for `fresh.ok`.
 /// - 404: redacted and cacheable for `fresh.not_found`.
 /// - other 4xx/5xx: redacted and relayed, never cached; a body that is not JSON (a CDN's HTML
-///   page) is replaced by phonegate's own JSON error with the same status.
+///   page, or one over the size cap) is replaced by phonegate's own JSON error with the same
+///   status, keeping the upstream's `Retry-After`.
 /// - anything else (1xx, 3xx): 502, since this route has no redirects to follow.
 pub fn filter(
     upstream: UpstreamResponse,
     policy: &Policy,
-    fresh: Freshness,
+    fresh: &Lifetimes,
     now: Instant,
 ) -> Result<Entry, ProxyError> {
     let status = upstream.status;
@@ -50,7 +46,7 @@ pub fn filter(
     let body = match redact_body(&upstream.body, policy) {
         Ok(body) => body,
         Err(why) if status.is_success() => return Err(ProxyError::BadUpstreamBody(why)),
-        Err(_) => return Err(ProxyError::UpstreamErrorPage(status)),
+        Err(_) => json_error_body(status, ERROR_PAGE_MESSAGE),
     };
     let etag = (status == StatusCode::OK).then(|| etag_for(&body));
     Ok(Entry {
@@ -104,11 +100,15 @@ mod tests {
         }
     }
 
-    fn fresh() -> Freshness {
-        Freshness {
-            ok: Duration::from_secs(60),
-            not_found: Duration::from_secs(5),
-        }
+    const LIFETIMES: Lifetimes = Lifetimes {
+        ok: Duration::from_secs(60),
+        not_found: Duration::from_secs(5),
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::ZERO,
+    };
+
+    fn fresh() -> &'static Lifetimes {
+        &LIFETIMES
     }
 
     #[test]
@@ -188,15 +188,16 @@ mod tests {
 
     #[test]
     fn html_error_pages_are_replaced_with_the_same_status() {
-        let err = filter(
-            upstream(403, "<html>Cloudflare</html>"),
-            &Policy::default(),
-            fresh(),
-            Instant::now(),
-        )
-        .unwrap_err();
-        assert_eq!(err, ProxyError::UpstreamErrorPage(StatusCode::FORBIDDEN));
-        assert!(!String::from_utf8_lossy(&err.body()).contains("Cloudflare"));
+        let mut answer = upstream(429, "<html>Cloudflare</html>");
+        answer.retry_after = Some(HeaderValue::from_static("7"));
+        let e = filter(answer, &Policy::default(), fresh(), Instant::now()).unwrap();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(!e.is_cacheable());
+        assert_eq!(e.retry_after, Some(HeaderValue::from_static("7")));
+        let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(body["statusCode"], 429);
+        assert_eq!(body["message"], ERROR_PAGE_MESSAGE);
+        assert!(!String::from_utf8_lossy(&e.body).contains("Cloudflare"));
     }
 
     #[test]

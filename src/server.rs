@@ -8,15 +8,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::Config;
@@ -28,6 +31,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Largest request head (request line plus headers) over HTTP/1.1, and header list over HTTP/2.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// How long a connection closed for never sending a request may take to go before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Concurrent HTTP/2 streams per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -129,6 +135,8 @@ impl Server {
             admin_listener,
             tls,
         } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // The admin listener outlives the drain, so probes see /readyz turn 503 while it runs.
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin = tokio::spawn(admin::serve(
             Arc::clone(&state),
@@ -136,7 +144,8 @@ impl Server {
             admin_stop_rx,
         ));
         let protocols = Arc::new(Protocols::new(&state.config));
-        let graceful = GracefulShutdown::new();
+        let connections = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(state.config.server.max_connections));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, tls = tls.is_some(), "phonegate listening");
         }
@@ -146,12 +155,20 @@ impl Server {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
-                        tokio::spawn(serve_connection(
+                        // At the limit, close at once: a prompt refusal beats a connection that
+                        // hangs in the backlog until the client gives up.
+                        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                            tracing::debug!("max_connections reached; closing a new connection");
+                            drop(stream);
+                            continue;
+                        };
+                        connections.spawn(serve_connection(
                             Arc::clone(&state),
                             Arc::clone(&protocols),
                             tls.clone(),
                             stream,
-                            graceful.watcher(),
+                            stop_rx.clone(),
+                            slot,
                         ));
                     }
                     Err(error) => {
@@ -168,12 +185,14 @@ impl Server {
         drop(listener);
         let drain = state.config.server.drain_timeout;
         tracing::info!(
-            connections = graceful.count(),
+            connections = connections.len(),
             drain_timeout_ms = drain.as_millis() as u64,
             "shutting down: draining in-flight requests"
         );
+        let _ = stop_tx.send(true);
+        connections.close();
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("drained"),
+            () = connections.wait() => tracing::info!("drained"),
             () = tokio::time::sleep(drain) => {
                 tracing::warn!("drain deadline passed; exiting with requests still in flight");
             }
@@ -197,7 +216,8 @@ impl Protocols {
         h1.timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true)
-            .max_buf_size(MAX_HEADER_BYTES);
+            .max_buf_size(MAX_HEADER_BYTES)
+            .max_header_size(MAX_HEADER_BYTES);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -211,65 +231,163 @@ impl Protocols {
     }
 }
 
+/// Serves one client connection: protocol choice (and TLS handshake) under the header timeout,
+/// then HTTP until the client leaves or shutdown asks it to.
 async fn serve_connection(
     state: Arc<AppState>,
     protocols: Arc<Protocols>,
     tls: Option<TlsAcceptor>,
     stream: TcpStream,
-    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let deadline = protocols.header_timeout;
-    let service = service_fn(move |req| proxy::handle(Arc::clone(&state), req));
-    let result = match tls {
-        None => {
-            let is_h2 = match tokio::time::timeout(deadline, sniff_h2(&stream)).await {
-                Ok(Ok(Some(is_h2))) => is_h2,
-                // Closed, failed, or silent past the header timeout.
-                _ => return,
-            };
-            let io = TokioIo::new(stream);
-            if is_h2 {
-                watcher
-                    .watch(protocols.http2.serve_connection(io, service))
-                    .await
-            } else {
-                watcher
-                    .watch(protocols.http1.serve_connection(io, service))
-                    .await
+    let deadline = Instant::now() + protocols.header_timeout;
+    let opening = async {
+        match tls {
+            None => {
+                let is_h2 = sniff_h2(&stream).await.ok().flatten()?;
+                Some(Opened::Plain(stream, is_h2))
             }
-        }
-        Some(acceptor) => {
-            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(stream);
-            if is_h2 {
-                watcher
-                    .watch(protocols.http2.serve_connection(io, service))
+            Some(acceptor) => {
+                let stream = acceptor
+                    .accept(stream)
                     .await
-            } else {
-                watcher
-                    .watch(protocols.http1.serve_connection(io, service))
-                    .await
+                    .inspect_err(|error| tracing::debug!(%error, "TLS handshake failed"))
+                    .ok()?;
+                let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                Some(Opened::Tls(Box::new(stream), is_h2))
             }
         }
     };
-    if let Err(error) = result {
-        tracing::debug!(%error, "connection ended with an error");
+    // Closed, failed, silent past the header timeout, or shutting down: drop the connection.
+    let opened = tokio::select! {
+        opened = tokio::time::timeout_at(deadline, opening) => opened.ok().flatten(),
+        _ = stop.wait_for(|stopping| *stopping) => None,
+    };
+    match opened {
+        Some(Opened::Plain(stream, is_h2)) => {
+            serve_http(
+                state,
+                &protocols,
+                TokioIo::new(stream),
+                is_h2,
+                deadline,
+                stop,
+            )
+            .await
+        }
+        Some(Opened::Tls(stream, is_h2)) => {
+            serve_http(
+                state,
+                &protocols,
+                TokioIo::new(*stream),
+                is_h2,
+                deadline,
+                stop,
+            )
+            .await
+        }
+        None => {}
+    }
+}
+
+/// A connection whose protocol is known.
+enum Opened {
+    Plain(TcpStream, bool),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, bool),
+}
+
+async fn serve_http<I>(
+    state: Arc<AppState>,
+    protocols: &Protocols,
+    io: I,
+    is_h2: bool,
+    deadline: Instant,
+    stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if is_h2 {
+        // hyper's HTTP/2 server has no header timeout, so a client that opens a connection and
+        // never completes a request would hold it forever: the first request must arrive by the
+        // deadline.
+        let seen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&seen);
+        let service = service_fn(move |req| {
+            flag.store(true, Ordering::Relaxed);
+            proxy::handle(Arc::clone(&state), req)
+        });
+        let conn = protocols.http2.serve_connection(io, service);
+        drive(conn, stop, Some((deadline, seen))).await;
+    } else {
+        let service = service_fn(move |req| proxy::handle(Arc::clone(&state), req));
+        let conn = protocols.http1.serve_connection(io, service);
+        drive(conn, stop, None).await;
+    }
+}
+
+/// Runs a connection to its end, asking it to finish gracefully on shutdown or when no request
+/// arrived by `first_request`'s deadline. A connection closed for idleness has nothing in flight,
+/// so if it still lingers a second later (a stalled HTTP/2 handshake) it is dropped.
+async fn drive<C>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    first_request: Option<(Instant, Arc<AtomicBool>)>,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let idle = async {
+        match &first_request {
+            Some((deadline, seen)) => {
+                tokio::time::sleep_until(*deadline).await;
+                if seen.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(idle);
+    let mut closing = false;
+    let mut idle_closed_at: Option<Instant> = None;
+    loop {
+        let give_up = async {
+            match idle_closed_at {
+                Some(at) => tokio::time::sleep_until(at + IDLE_CLOSE_GRACE).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|stopping| *stopping), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut idle, if !closing => {
+                closing = true;
+                idle_closed_at = Some(Instant::now());
+                conn.as_mut().graceful_shutdown();
+            }
+            () = give_up => return,
+        }
     }
 }
 
 /// `Some(true)` when the client opens with the HTTP/2 preface (h2c with prior knowledge),
 /// `Some(false)` for anything else, `None` if it closed first. Peeks, so nothing is consumed.
+///
+/// Two bytes decide: no HTTP/1 method starts with "PR", so "PR" can only be the preface (or
+/// garbage, which the HTTP/2 handshake then refuses).
 async fn sniff_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
-    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut buf = [0u8; 2];
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
@@ -278,11 +396,11 @@ async fn sniff_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
         if buf[..n] != H2_PREFACE[..n] {
             return Ok(Some(false));
         }
-        if n == H2_PREFACE.len() {
+        if n == buf.len() {
             return Ok(Some(true));
         }
-        // Part of the preface so far: peek returns at once while data is buffered, so wait a
-        // little for the rest. The caller's timeout bounds this.
+        // Only "P" so far: peek returns at once while data is buffered, so wait a little for the
+        // next byte. The caller's deadline bounds this.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::coalesce::Coalescer;
-use crate::cache::{CacheKey, ResponseCache};
+use crate::cache::{CacheKey, Lifetimes, ResponseCache};
 use crate::config::Config;
 use crate::credential::Fingerprinter;
 use crate::proxy::Fetched;
 use crate::redact::Policy;
-use crate::response_filter::Freshness;
+use crate::shield::Shield;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
 
@@ -27,8 +27,10 @@ pub struct AppState {
     pub fingerprinter: Fingerprinter,
     /// The redaction policy.
     pub policy: Policy,
-    /// Freshness of cached answers.
-    pub freshness: Freshness,
+    /// Freshness and stale windows of cached answers.
+    pub lifetimes: Lifetimes,
+    /// Limits, cool-downs, breaker and concurrency cap in front of the upstream.
+    pub shield: Shield,
     draining: AtomicBool,
 }
 
@@ -58,16 +60,20 @@ impl AppState {
         let upstream = Upstream::new(&config.upstream).map_err(StateError::Tls)?;
         let fingerprinter = Fingerprinter::new(config.cache.key_secret.as_deref())
             .map_err(|e| StateError::Random(e.to_string()))?;
+        let lifetimes = Lifetimes {
+            ok: config.cache.ttl,
+            not_found: config.cache.negative_ttl,
+            stale_while_revalidate: config.cache.stale_while_revalidate,
+            stale_if_error: config.cache.stale_if_error,
+        };
         Ok(Arc::new(AppState {
-            cache: ResponseCache::new(config.cache.max_bytes),
+            cache: ResponseCache::new(config.cache.max_bytes, lifetimes.stale_window()),
+            shield: Shield::new(&config.shield),
+            lifetimes,
             inflight: Arc::default(),
             upstream,
             fingerprinter,
             policy: config.redact.policy(),
-            freshness: Freshness {
-                ok: config.cache.ttl,
-                not_found: config.cache.negative_ttl,
-            },
             config,
             draining: AtomicBool::new(false),
         }))

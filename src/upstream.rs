@@ -50,8 +50,8 @@ pub enum UpstreamError {
     Timeout,
     /// The connection broke after it was made.
     Failed,
-    /// The body was larger than `upstream.max_body_bytes`.
-    TooLarge(StatusCode),
+    /// A success body was larger than `upstream.max_body_bytes`.
+    TooLarge,
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -60,10 +60,9 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Unreachable => ProxyError::UpstreamUnreachable,
             UpstreamError::Timeout => ProxyError::UpstreamTimeout,
             UpstreamError::Failed => ProxyError::UpstreamFailed,
-            UpstreamError::TooLarge(status) if status.is_success() => {
+            UpstreamError::TooLarge => {
                 ProxyError::BadUpstreamBody("the upstream answer was larger than the allowed size")
             }
-            UpstreamError::TooLarge(status) => ProxyError::UpstreamErrorPage(status),
         }
     }
 }
@@ -125,6 +124,7 @@ impl Upstream {
         request: Request<Empty<Bytes>>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let exchange = async {
+            let mut body_bytes = Bytes::new();
             let response = self.client.request(request).await.map_err(|e| {
                 if e.is_connect() {
                     UpstreamError::Unreachable
@@ -134,25 +134,30 @@ impl Upstream {
             })?;
             let (parts, body) = response.into_parts();
             let status = parts.status;
-            if declared_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
-                return Err(UpstreamError::TooLarge(status));
-            }
-            let body = Limited::new(body, self.max_body_bytes)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<LengthLimitError>().is_some() {
-                        UpstreamError::TooLarge(status)
-                    } else {
-                        UpstreamError::Failed
+            let too_large = if declared_length(&parts.headers)
+                .is_some_and(|n| n > self.max_body_bytes as u64)
+            {
+                true
+            } else {
+                match Limited::new(body, self.max_body_bytes).collect().await {
+                    Ok(collected) => {
+                        body_bytes = collected.to_bytes();
+                        false
                     }
-                })?
-                .to_bytes();
+                    Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => true,
+                    Err(_) => return Err(UpstreamError::Failed),
+                }
+            };
+            // An oversized success body is unusable; an oversized error body is only dropped, so
+            // its status and Retry-After still reach the caller (with a body of our own).
+            if too_large && status.is_success() {
+                return Err(UpstreamError::TooLarge);
+            }
             let keep_retry_after = status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE;
             Ok(UpstreamResponse {
                 status,
-                body,
+                body: body_bytes,
                 retry_after: keep_retry_after
                     .then(|| parts.headers.get(RETRY_AFTER).cloned())
                     .flatten(),

@@ -15,7 +15,10 @@ async fn setup() -> (MockVapi, Proxy) {
 fn assert_json_error(status: StatusCode, body: &serde_json::Value, expect: u16) {
     assert_eq!(status.as_u16(), expect, "{body}");
     assert_eq!(body["statusCode"], expect, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(body["error"].is_string(), "{body}");
 }
 
@@ -33,10 +36,20 @@ async fn missing_or_malformed_credentials_get_401_without_an_upstream_call() {
         "Token abc",
         "abc",
     ] {
-        let resp = get_with(&proxy, Method::GET, &path(TWILIO_ID), None, &[("authorization", auth)]).await;
+        let resp = get_with(
+            &proxy,
+            Method::GET,
+            &path(TWILIO_ID),
+            None,
+            &[("authorization", auth)],
+        )
+        .await;
         let body = resp.json();
         assert_json_error(resp.status, &body, 401);
-        assert!(!resp.text().contains("dXNlcjpwYXNz"), "the header is not echoed");
+        assert!(
+            !resp.text().contains("dXNlcjpwYXNz"),
+            "the header is not echoed"
+        );
         assert!(resp.header("x-request-id").is_some());
         assert_eq!(resp.header("cache-control"), Some("private"));
     }
@@ -60,12 +73,24 @@ async fn other_paths_ids_and_methods_are_refused() {
     let cases: &[(Method, String, u16)] = &[
         (Method::GET, "/".into(), 404),
         (Method::GET, "/phone-number".into(), 404),
-        (Method::GET, "/assistant/8f2b6c1e-4d3a-4b7e-9c21-5a0e7d3f9b44".into(), 404),
+        (
+            Method::GET,
+            "/assistant/8f2b6c1e-4d3a-4b7e-9c21-5a0e7d3f9b44".into(),
+            404,
+        ),
         (Method::GET, format!("{}/extra", path(TWILIO_ID)), 404),
         (Method::GET, format!("{}/", path(TWILIO_ID)), 404),
         (Method::GET, "/phone-number/not-a-uuid".into(), 400),
-        (Method::GET, "/phone-number/3b1f6a528c7e4d19a2f46e0b9c3d7a15".into(), 400),
-        (Method::GET, "/phone-number/{3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15}".into(), 400),
+        (
+            Method::GET,
+            "/phone-number/3b1f6a528c7e4d19a2f46e0b9c3d7a15".into(),
+            400,
+        ),
+        (
+            Method::GET,
+            "/phone-number/{3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15}".into(),
+            400,
+        ),
         (Method::POST, path(TWILIO_ID), 405),
         (Method::PUT, path(TWILIO_ID), 405),
         (Method::DELETE, path(TWILIO_ID), 405),
@@ -86,7 +111,10 @@ async fn other_paths_ids_and_methods_are_refused() {
 async fn encoded_slashes_dots_nuls_and_long_paths_are_refused() {
     let (mock, proxy) = setup().await;
     let cases: &[(String, u16)] = &[
-        ("/phone-number%2F3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15".into(), 400),
+        (
+            "/phone-number%2F3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15".into(),
+            400,
+        ),
         ("/phone-number/%2e%2e/assistant".into(), 400),
         ("/phone-number/..%2Fassistant".into(), 400),
         (format!("{}%00", path(TWILIO_ID)), 400),
@@ -111,7 +139,8 @@ async fn encoded_slashes_dots_nuls_and_long_paths_are_refused() {
     // A raw NUL byte is not valid HTTP at all: hyper refuses it before phonegate sees it.
     let resp = raw(
         proxy.addr,
-        format!("GET /phone-number/{TWILIO_ID}\0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET /phone-number/{TWILIO_ID}\0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await;
     assert_eq!(raw_status(&resp), 400, "{resp}");

@@ -60,13 +60,21 @@ async fn the_callers_credential_goes_upstream_and_little_else() {
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.header("x-request-id"), Some("trace-me-123"));
     let seen = mock.last_request().expect("the upstream saw a request");
-    assert_eq!(seen.path_and_query, path(TWILIO_ID), "the query string is not forwarded");
     assert_eq!(
-        seen.headers.get("authorization").and_then(|v| v.to_str().ok()),
+        seen.path_and_query,
+        path(TWILIO_ID),
+        "the query string is not forwarded"
+    );
+    assert_eq!(
+        seen.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok()),
         Some(format!("Bearer {TOKEN_A}").as_str())
     );
     assert_eq!(
-        seen.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+        seen.headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
         Some("trace-me-123")
     );
     for name in [
@@ -120,18 +128,35 @@ async fn two_credentials_never_share_an_entry() {
     let a = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     let b = get(&proxy, &path(TWILIO_ID), Some(TOKEN_B)).await;
     assert_eq!(a.header("x-cache"), Some("miss"));
-    assert_eq!(b.header("x-cache"), Some("miss"), "B must not get A's entry");
+    assert_eq!(
+        b.header("x-cache"),
+        Some("miss"),
+        "B must not get A's entry"
+    );
     assert_eq!(mock.hits(), 2);
 
     // A credential the upstream refuses never sees the entry cached for another.
     let bad = get(&proxy, &path(TWILIO_ID), Some("someone-else-entirely")).await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(bad.json(), serde_json::from_str::<serde_json::Value>(UNAUTHORIZED_BODY).unwrap());
+    assert_eq!(
+        bad.json(),
+        serde_json::from_str::<serde_json::Value>(UNAUTHORIZED_BODY).unwrap()
+    );
     assert_eq!(mock.hits(), 3);
 
     // Each credential now hits its own entry.
-    assert_eq!(get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await.header("x-cache"), Some("hit"));
-    assert_eq!(get(&proxy, &path(TWILIO_ID), Some(TOKEN_B)).await.header("x-cache"), Some("hit"));
+    assert_eq!(
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+            .await
+            .header("x-cache"),
+        Some("hit")
+    );
+    assert_eq!(
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_B))
+            .await
+            .header("x-cache"),
+        Some("hit")
+    );
     assert_eq!(mock.hits(), 3);
 }
 
@@ -143,7 +168,12 @@ async fn upstream_401s_are_relayed_and_never_cached() {
         let resp = get(&proxy, &path(TWILIO_ID), Some("invalid-key")).await;
         assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
         assert_eq!(resp.header("x-cache"), Some("miss"));
-        assert!(resp.json()["message"].as_str().unwrap().starts_with("Invalid Key"));
+        assert!(
+            resp.json()["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid Key")
+        );
     }
     assert_eq!(mock.hits(), 3);
 }
@@ -172,16 +202,34 @@ async fn fifty_concurrent_misses_make_one_upstream_call() {
         assert_eq!(resp.status, StatusCode::OK);
         bodies.push(resp.body);
     }
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "everyone got the same answer");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "everyone got the same answer"
+    );
     assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1);
 }
 
 #[tokio::test]
 async fn entries_expire_after_the_ttl() {
     let mock = MockVapi::start().await;
-    let proxy = Proxy::start(&mock.url(), "[cache]\nttl_secs = 1\n").await;
-    assert_eq!(get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await.header("x-cache"), Some("miss"));
-    assert_eq!(get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await.header("x-cache"), Some("hit"));
+    // Stale windows off: this is about plain expiry (tests/shielding.rs covers stale serving).
+    let proxy = Proxy::start(
+        &mock.url(),
+        "[cache]\nttl_secs = 1\nstale_while_revalidate_secs = 0\nstale_if_error_secs = 0\n",
+    )
+    .await;
+    assert_eq!(
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+            .await
+            .header("x-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+            .await
+            .header("x-cache"),
+        Some("hit")
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(after.header("x-cache"), Some("miss"));
@@ -194,7 +242,12 @@ async fn a_zero_ttl_disables_caching() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "[cache]\nttl_secs = 0\n").await;
     for _ in 0..3 {
-        assert_eq!(get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await.header("x-cache"), Some("miss"));
+        assert_eq!(
+            get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+                .await
+                .header("x-cache"),
+            Some("miss")
+        );
     }
     assert_eq!(mock.hits(), 3);
 }
@@ -202,17 +255,29 @@ async fn a_zero_ttl_disables_caching() {
 #[tokio::test]
 async fn upstream_404s_are_cached_for_the_negative_ttl() {
     let mock = MockVapi::start().await;
-    let proxy = Proxy::start(&mock.url(), "[cache]\nnegative_ttl_secs = 1\n").await;
+    let proxy = Proxy::start(
+        &mock.url(),
+        "[cache]\nnegative_ttl_secs = 1\nstale_while_revalidate_secs = 0\nstale_if_error_secs = 0\n",
+    )
+    .await;
     let missing = "00000000-0000-4000-8000-000000000000";
     let first = get(&proxy, &path(missing), Some(TOKEN_A)).await;
     assert_eq!(first.status, StatusCode::NOT_FOUND);
-    assert_eq!(first.json(), serde_json::from_str::<serde_json::Value>(NOT_FOUND_BODY).unwrap());
+    assert_eq!(
+        first.json(),
+        serde_json::from_str::<serde_json::Value>(NOT_FOUND_BODY).unwrap()
+    );
     let second = get(&proxy, &path(missing), Some(TOKEN_A)).await;
     assert_eq!(second.status, StatusCode::NOT_FOUND);
     assert_eq!(second.header("x-cache"), Some("hit"));
     assert_eq!(mock.hits(), 1);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(get(&proxy, &path(missing), Some(TOKEN_A)).await.header("x-cache"), Some("miss"));
+    assert_eq!(
+        get(&proxy, &path(missing), Some(TOKEN_A))
+            .await
+            .header("x-cache"),
+        Some("miss")
+    );
     assert_eq!(mock.hits(), 2);
 }
 
@@ -222,12 +287,29 @@ async fn if_none_match_gets_304_with_the_same_etag() {
     let proxy = Proxy::start(&mock.url(), "").await;
     let first = get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
     let etag = first.header("etag").unwrap().to_owned();
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong etag: {etag}");
-    let cond = get_with(&proxy, Method::GET, &path(VAPI_ID), Some(TOKEN_A), &[("if-none-match", &etag)]).await;
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong etag: {etag}"
+    );
+    let cond = get_with(
+        &proxy,
+        Method::GET,
+        &path(VAPI_ID),
+        Some(TOKEN_A),
+        &[("if-none-match", &etag)],
+    )
+    .await;
     assert_eq!(cond.status, StatusCode::NOT_MODIFIED);
     assert!(cond.body.is_empty());
     assert_eq!(cond.header("etag"), Some(etag.as_str()));
-    let other = get_with(&proxy, Method::GET, &path(VAPI_ID), Some(TOKEN_A), &[("if-none-match", "\"nope\"")]).await;
+    let other = get_with(
+        &proxy,
+        Method::GET,
+        &path(VAPI_ID),
+        Some(TOKEN_A),
+        &[("if-none-match", "\"nope\"")],
+    )
+    .await;
     assert_eq!(other.status, StatusCode::OK);
     assert_eq!(other.body, first.body);
 }
@@ -245,7 +327,11 @@ async fn head_answers_headers_only_and_shares_the_cache() {
     assert_eq!(full.body.len(), len);
     assert_eq!(mock.hits(), 1);
     let seen = mock.last_request().unwrap();
-    assert_eq!(seen.method, Method::GET, "HEAD is looked up with GET upstream");
+    assert_eq!(
+        seen.method,
+        Method::GET,
+        "HEAD is looked up with GET upstream"
+    );
 }
 
 #[tokio::test]

@@ -69,6 +69,11 @@ where
         (shared, Role::Leader)
     }
 
+    /// The fetch in flight for `key`, if any.
+    pub fn get(&self, key: &K) -> Option<InFlight<V>> {
+        self.lock().get(key).cloned()
+    }
+
     /// Number of fetches in flight.
     pub fn len(&self) -> usize {
         self.lock().len()

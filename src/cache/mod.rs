@@ -34,6 +34,39 @@ pub struct CacheKey {
     pub credential: Fingerprint,
 }
 
+/// How long answers live: the fresh TTLs, then the two stale windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Freshness of a 200 (`cache.ttl_secs`).
+    pub ok: Duration,
+    /// Freshness of a 404 (`cache.negative_ttl_secs`).
+    pub not_found: Duration,
+    /// After freshness, served stale while one refresh runs (`cache.stale_while_revalidate_secs`).
+    pub stale_while_revalidate: Duration,
+    /// After freshness, served stale when the upstream fails (`cache.stale_if_error_secs`).
+    pub stale_if_error: Duration,
+}
+
+impl Lifetimes {
+    /// How long past freshness an entry is kept at all.
+    pub fn stale_window(&self) -> Duration {
+        self.stale_while_revalidate.max(self.stale_if_error)
+    }
+}
+
+/// Where an entry stands at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staleness {
+    /// Within its TTL: a hit.
+    Fresh,
+    /// Past its TTL but within stale-while-revalidate: serve it and refresh in the background.
+    Revalidate,
+    /// Past that, but within stale-if-error: only a stand-in when the upstream fails.
+    IfError,
+    /// Past every window.
+    Expired,
+}
+
 /// An answer ready to send: the redacted body and its precomputed headers.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -62,6 +95,20 @@ impl Entry {
         now.saturating_duration_since(self.stored_at) < self.fresh_for
     }
 
+    /// Where the entry stands at `now` under `lifetimes`.
+    pub fn staleness(&self, now: Instant, lifetimes: &Lifetimes) -> Staleness {
+        let age = now.saturating_duration_since(self.stored_at);
+        if age < self.fresh_for {
+            Staleness::Fresh
+        } else if age < self.fresh_for + lifetimes.stale_while_revalidate {
+            Staleness::Revalidate
+        } else if age < self.fresh_for + lifetimes.stale_if_error {
+            Staleness::IfError
+        } else {
+            Staleness::Expired
+        }
+    }
+
     /// Bytes this entry is charged against `cache.max_bytes`: the body plus the fixed parts, so a
     /// flood of tiny entries (404s) is bounded too.
     fn weight(&self) -> u32 {
@@ -78,8 +125,11 @@ impl Entry {
     }
 }
 
-/// Gives each entry its own lifetime: a 200 lives `ttl_secs`, a 404 `negative_ttl_secs`.
-struct EntryExpiry;
+/// Gives each entry its own lifetime: its freshness (a 200's `ttl_secs`, a 404's
+/// `negative_ttl_secs`) plus the stale window, during which it may still stand in.
+struct EntryExpiry {
+    stale_window: Duration,
+}
 
 impl moka::Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
     fn expire_after_create(
@@ -88,7 +138,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
         value: &Arc<Entry>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.fresh_for)
+        Some(value.fresh_for + self.stale_window)
     }
 }
 
@@ -99,19 +149,30 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    /// A cache holding at most `max_bytes`, counted by [`Entry`] weight.
-    pub fn new(max_bytes: u64) -> Self {
+    /// A cache holding at most `max_bytes`, counted by [`Entry`] weight, keeping entries for
+    /// `stale_window` past their freshness.
+    pub fn new(max_bytes: u64, stale_window: Duration) -> Self {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
-            .expire_after(EntryExpiry)
+            .expire_after(EntryExpiry { stale_window })
             .build();
         ResponseCache { inner }
     }
 
+    /// The entry for `key`, fresh or stale, if one is still kept.
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.inner.get(key)
+    }
+
     /// A fresh entry for `key`, if there is one.
-    pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
-        self.inner.get(key).filter(|e| e.is_fresh(now))
+    pub fn get_fresh(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
+        self.get(key).filter(|e| e.is_fresh(now))
+    }
+
+    /// Drops the entry for `key`.
+    pub fn invalidate(&self, key: &CacheKey) {
+        self.inner.invalidate(key);
     }
 
     /// Stores `entry` if it is cacheable.
@@ -163,36 +224,72 @@ mod tests {
 
     #[test]
     fn keys_differ_by_credential_and_id() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Duration::ZERO);
         let now = Instant::now();
         cache.insert(key(1, b"alice"), entry("a", Duration::from_secs(60)));
-        assert!(cache.get(&key(1, b"alice"), now).is_some());
+        assert!(cache.get_fresh(&key(1, b"alice"), now).is_some());
         assert!(
-            cache.get(&key(1, b"bob"), now).is_none(),
+            cache.get_fresh(&key(1, b"bob"), now).is_none(),
             "other credential"
         );
-        assert!(cache.get(&key(2, b"alice"), now).is_none(), "other id");
+        assert!(
+            cache.get_fresh(&key(2, b"alice"), now).is_none(),
+            "other id"
+        );
     }
 
     #[test]
     fn uncacheable_entries_are_not_stored() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Duration::ZERO);
         cache.insert(key(1, b"alice"), entry("a", Duration::ZERO));
-        assert!(cache.get(&key(1, b"alice"), Instant::now()).is_none());
+        assert!(cache.get_fresh(&key(1, b"alice"), Instant::now()).is_none());
     }
 
     #[test]
     fn stale_entries_are_not_served() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Duration::ZERO);
         cache.insert(key(1, b"alice"), entry("a", Duration::from_secs(1)));
         let later = Instant::now() + Duration::from_secs(2);
-        assert!(cache.get(&key(1, b"alice"), later).is_none());
+        assert!(cache.get_fresh(&key(1, b"alice"), later).is_none());
+    }
+
+    #[test]
+    fn staleness_follows_the_two_windows() {
+        let lifetimes = Lifetimes {
+            ok: Duration::from_secs(10),
+            not_found: Duration::from_secs(5),
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(300),
+        };
+        let e = entry("a", Duration::from_secs(10));
+        let at = |s: u64| e.stored_at + Duration::from_secs(s);
+        assert_eq!(e.staleness(at(9), &lifetimes), Staleness::Fresh);
+        assert_eq!(e.staleness(at(10), &lifetimes), Staleness::Revalidate);
+        assert_eq!(e.staleness(at(39), &lifetimes), Staleness::Revalidate);
+        assert_eq!(e.staleness(at(40), &lifetimes), Staleness::IfError);
+        assert_eq!(e.staleness(at(309), &lifetimes), Staleness::IfError);
+        assert_eq!(e.staleness(at(310), &lifetimes), Staleness::Expired);
+        assert_eq!(lifetimes.stale_window(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn stale_entries_are_kept_for_the_stale_window() {
+        let cache = ResponseCache::new(1 << 20, Duration::from_secs(60));
+        let mut e = (*entry("a", Duration::from_millis(1))).clone();
+        e.stored_at = Instant::now();
+        cache.insert(key(1, b"alice"), Arc::new(e));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(cache.get_fresh(&key(1, b"alice"), Instant::now()).is_none());
+        assert!(
+            cache.get(&key(1, b"alice")).is_some(),
+            "kept as a stale stand-in"
+        );
     }
 
     #[test]
     fn the_byte_bound_holds() {
         let max = 256 * 1024;
-        let cache = ResponseCache::new(max);
+        let cache = ResponseCache::new(max, Duration::ZERO);
         let body = "x".repeat(1400);
         for i in 0..2000 {
             cache.insert(key(i, b"alice"), entry(&body, Duration::from_secs(60)));

@@ -1,0 +1,178 @@
+//! Shielding the upstream: the gates every upstream call passes and the bookkeeping after it.
+//!
+//! In order, a call needing the upstream must get past: the caller's miss budget
+//! ([`limits`]), the caller's 429 cool-down ([`cooldown`]), the circuit breaker ([`breaker`]),
+//! and a concurrency slot (a semaphore with a bounded queue wait). Each refusal is a [`Refusal`]
+//! that the request path turns into a stale answer when it has one, or a JSON error.
+
+pub mod breaker;
+pub mod cooldown;
+pub mod limits;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::StatusCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::cache::Entry;
+use crate::config::ShieldConfig;
+use crate::credential::Fingerprint;
+use crate::error::ProxyError;
+use breaker::{Admission, Breaker};
+use cooldown::{Cooldowns, Gate};
+use limits::KeyedLimiter;
+
+/// Why the shield refused a call; each becomes a 429 or 503 with `Retry-After` (or stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller exceeded `limits.requests_per_sec_per_key`.
+    RequestLimit(Duration),
+    /// The caller exceeded its miss budget (`limits.misses_per_sec_per_key`).
+    MissLimit(Duration),
+    /// The caller's key is cooling down after an upstream 429.
+    CoolingDown(Duration),
+    /// The breaker is open.
+    BreakerOpen(Duration),
+    /// No upstream slot freed up within `upstream.queue_timeout_ms`.
+    QueueFull,
+}
+
+/// Permission for one upstream call; hand it back with [`Shield::record`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    breaker: Admission,
+    cooldown_probe: bool,
+}
+
+/// What an upstream call said about the upstream's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It answered as designed (2xx, 3xx, 4xx but 429).
+    Healthy,
+    /// It failed: refused, timed out, broke, sent garbage, or answered 5xx.
+    Unhealthy,
+    /// It answered 429 with this `Retry-After`.
+    RateLimited(Duration),
+}
+
+impl Health {
+    /// Classifies an upstream call's result.
+    pub fn of(result: &Result<Arc<Entry>, ProxyError>) -> Health {
+        match result {
+            Ok(entry) if entry.status == StatusCode::TOO_MANY_REQUESTS => Health::RateLimited(
+                cooldown::retry_after(entry.retry_after.as_ref(), SystemTime::now()),
+            ),
+            Ok(entry) if entry.status.is_server_error() => Health::Unhealthy,
+            Ok(_) => Health::Healthy,
+            Err(_) => Health::Unhealthy,
+        }
+    }
+}
+
+/// The upstream's shield. One per process, in the shared state.
+pub struct Shield {
+    breaker: Breaker,
+    cooldowns: Cooldowns,
+    miss_limiter: Option<KeyedLimiter>,
+    request_limiter: Option<KeyedLimiter>,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+}
+
+impl Shield {
+    /// Builds the shield from its settings.
+    pub fn new(config: &ShieldConfig) -> Self {
+        Shield {
+            breaker: Breaker::new(config.breaker_failures, config.breaker_open),
+            cooldowns: Cooldowns::new(config.max_retry_after, config.max_tracked_keys),
+            miss_limiter: KeyedLimiter::new(
+                config.misses_per_sec_per_key,
+                config.miss_burst,
+                config.max_tracked_keys,
+            ),
+            request_limiter: KeyedLimiter::new(
+                config.requests_per_sec_per_key,
+                config.request_burst,
+                config.max_tracked_keys,
+            ),
+            slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            queue_timeout: config.queue_timeout,
+        }
+    }
+
+    /// The all-requests budget, checked for every request (hits included) when enabled.
+    pub fn check_request(&self, key: &Fingerprint) -> Result<(), Refusal> {
+        match &self.request_limiter {
+            Some(limiter) => limiter.check(key).map_err(Refusal::RequestLimit),
+            None => Ok(()),
+        }
+    }
+
+    /// Admits one upstream call for `key`: miss budget (when `charge`), cool-down, breaker.
+    ///
+    /// `charge` is false for background refreshes, which serve no caller and should not use up
+    /// a caller's budget; they are still subject to the cool-down and the breaker.
+    pub fn admit(&self, key: &Fingerprint, now: Instant, charge: bool) -> Result<Pass, Refusal> {
+        if charge {
+            if let Some(limiter) = &self.miss_limiter {
+                limiter.check(key).map_err(Refusal::MissLimit)?;
+            }
+        }
+        let cooldown_probe = match self.cooldowns.check(key, now) {
+            Gate::Open => false,
+            Gate::Probe => true,
+            Gate::Cooling(left) => return Err(Refusal::CoolingDown(left)),
+        };
+        match self.breaker.admit(now) {
+            Ok(breaker) => Ok(Pass {
+                breaker,
+                cooldown_probe,
+            }),
+            Err(left) => {
+                if cooldown_probe {
+                    // Give the probe back so the next caller can take it when the breaker allows.
+                    self.cooldowns.release_probe(key);
+                }
+                Err(Refusal::BreakerOpen(left))
+            }
+        }
+    }
+
+    /// Waits (boundedly) for one of the `upstream.max_in_flight` slots.
+    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        match tokio::time::timeout(self.queue_timeout, Arc::clone(&self.slots).acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Refusal::QueueFull),
+        }
+    }
+
+    /// Records what a call admitted with `pass` said about the upstream.
+    pub fn record(&self, key: Fingerprint, pass: Pass, health: Health, now: Instant) {
+        self.breaker
+            .record(pass.breaker, health != Health::Unhealthy, now);
+        match health {
+            Health::RateLimited(retry_after) => self.cooldowns.start(key, retry_after, now),
+            _ if pass.cooldown_probe => self.cooldowns.end(&key),
+            _ => {}
+        }
+    }
+
+    /// Gives back a pass whose call never happened (no slot): the breaker and cool-down probes
+    /// are released without a verdict.
+    pub fn release(&self, key: &Fingerprint, pass: Pass) {
+        if pass.cooldown_probe {
+            self.cooldowns.release_probe(key);
+        }
+        if pass.breaker == Admission::Probe {
+            self.breaker.release_probe();
+        }
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> breaker::BreakerState {
+        self.breaker.state()
+    }
+}

@@ -1,0 +1,680 @@
+//! The real `phonegate` binary: configuration layers and start-up errors, the JSON access log on
+//! stdout, readiness, and graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+use support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
+use support::{Behavior, MockVapi, Resp, TOKEN_A, path, send};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_phonegate");
+
+/// How long a child may take to become ready or to exit.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Two distinct free loopback ports (bound together, then released: a small race, acceptable).
+fn free_ports() -> (SocketAddr, SocketAddr) {
+    let a = StdTcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let b = StdTcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
+}
+
+/// A unique file in the temp dir holding `contents`.
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let path = std::env::temp_dir().join(format!(
+        "phonegate-binary-{}-{n}-{name}",
+        std::process::id()
+    ));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// The binary with no inherited phonegate settings, output piped, killed when dropped.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("PHONEGATE") || k == "RUST_LOG" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A running phonegate binary.
+struct Running {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Running {
+    /// Starts the binary on free ports in front of `upstream`, with extra args and env, and waits
+    /// until `/readyz` answers 200.
+    async fn start(upstream: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let (listen, admin) = free_ports();
+        let listen_s = listen.to_string();
+        let admin_s = admin.to_string();
+        let mut all_env = vec![
+            ("PHONEGATE__LISTEN", listen_s.as_str()),
+            ("PHONEGATE__ADMIN__LISTEN", admin_s.as_str()),
+            ("PHONEGATE__UPSTREAM__URL", upstream),
+        ];
+        all_env.extend_from_slice(env);
+        let child = command(args, &all_env).spawn().expect("spawn phonegate");
+        let mut running = Running {
+            child,
+            listen,
+            admin,
+        };
+        running.wait_ready().await;
+        running
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let out = read_all(&mut self.child).await;
+                panic!(
+                    "phonegate exited before becoming ready ({status}); stdout: {}; stderr: {}",
+                    out.0, out.1
+                );
+            }
+            if let Some(status) = readyz(self.admin).await {
+                assert_eq!(status, StatusCode::OK, "a fresh phonegate is ready");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "phonegate did not become ready within {PROCESS_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listen, path)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("the child is running")
+    }
+
+    fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit; returns the status, stdout and stderr.
+    async fn terminate(self) -> (ExitStatus, String, String) {
+        self.sigterm();
+        finish(self.child).await
+    }
+}
+
+/// Waits (bounded) for the child to exit and collects its output.
+async fn finish(child: Child) -> (ExitStatus, String, String) {
+    let output = tokio::time::timeout(PROCESS_DEADLINE, child.wait_with_output())
+        .await
+        .expect("phonegate exits in time")
+        .expect("wait for phonegate");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Whatever the (already exited) child wrote.
+async fn read_all(child: &mut Child) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut err)).await;
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+/// `/readyz` status, or `None` when the admin listener does not answer.
+async fn readyz(admin: SocketAddr) -> Option<StatusCode> {
+    let req = Request::get(format!("http://{admin}/readyz"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let fut = support::client().request(req);
+    match tokio::time::timeout(Duration::from_secs(2), fut).await {
+        Ok(Ok(resp)) => Some(resp.status()),
+        _ => None,
+    }
+}
+
+/// `GET url` with an optional bearer token and an `x-request-id`.
+async fn get(url: &str, token: Option<&str>, request_id: &str) -> Resp {
+    let mut builder = Request::get(url).header("x-request-id", request_id);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let req = builder.body(Full::new(Bytes::new())).expect("request");
+    tokio::time::timeout(Duration::from_secs(10), send(req))
+        .await
+        .expect("the proxy answers in time")
+}
+
+fn exit_code(status: &ExitStatus) -> Option<i32> {
+    status.code()
+}
+
+/// Parses every stdout line as a JSON object; panics naming the offending line.
+fn json_lines(stdout: &str) -> Vec<serde_json::Map<String, Value>> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => panic!("stdout line is JSON but not an object: {other}"),
+            Err(e) => panic!("stdout line is not JSON ({e}): {line:?}"),
+        })
+        .collect()
+}
+
+fn is_access(line: &serde_json::Map<String, Value>) -> bool {
+    line.get("target").and_then(Value::as_str) == Some("phonegate::access")
+}
+
+#[tokio::test]
+async fn access_log_is_one_json_line_per_request_and_never_leaks_the_credential() {
+    let mock = MockVapi::start().await;
+    let proxy = Running::start(&mock.url(), &[], &[]).await;
+
+    // (x-request-id sent, status answered) of every request made.
+    let mut made: Vec<(String, StatusCode)> = Vec::new();
+    let miss = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_A), "t1-miss").await;
+    assert_eq!(miss.status, StatusCode::OK);
+    assert_eq!(miss.header("x-cache"), Some("miss"));
+    made.push(("t1-miss".into(), miss.status));
+
+    let hit = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_A), "t1-hit").await;
+    assert_eq!(hit.status, StatusCode::OK);
+    assert_eq!(hit.header("x-cache"), Some("hit"));
+    made.push(("t1-hit".into(), hit.status));
+
+    let noauth = get(&proxy.url(&path(TWILIO_ID)), None, "t1-noauth").await;
+    assert_eq!(noauth.status, StatusCode::UNAUTHORIZED);
+    made.push(("t1-noauth".into(), noauth.status));
+
+    let no_route = get(&proxy.url("/not-a-route"), Some(TOKEN_A), "t1-no-route").await;
+    assert_eq!(no_route.status, StatusCode::NOT_FOUND);
+    made.push(("t1-no-route".into(), no_route.status));
+
+    let bad_id = get(
+        &proxy.url("/phone-number/not-a-uuid"),
+        Some(TOKEN_A),
+        "t1-bad-id",
+    )
+    .await;
+    assert_eq!(bad_id.status, StatusCode::BAD_REQUEST);
+    made.push(("t1-bad-id".into(), bad_id.status));
+
+    for (provider, id) in FIXTURE_IDS {
+        let rid = format!("t1-fixture-{provider}");
+        let resp = get(&proxy.url(&path(id)), Some(TOKEN_A), &rid).await;
+        assert_eq!(resp.status, StatusCode::OK, "{provider}");
+        assert!(
+            !resp.text().contains(PLANTED),
+            "{provider}: a planted secret reached the client"
+        );
+        made.push((rid, resp.status));
+    }
+
+    let (status, stdout, stderr) = proxy.terminate().await;
+    assert_eq!(
+        exit_code(&status),
+        Some(0),
+        "SIGTERM exits 0; stderr: {stderr}"
+    );
+
+    let lines = json_lines(&stdout);
+    let access: Vec<_> = lines.iter().filter(|l| is_access(l)).collect();
+    assert_eq!(
+        access.len(),
+        made.len(),
+        "exactly one access line per request; stdout:\n{stdout}"
+    );
+    let mut by_id: HashMap<&str, Vec<&serde_json::Map<String, Value>>> = HashMap::new();
+    for line in &access {
+        for field in [
+            "status",
+            "cache",
+            "method",
+            "path",
+            "duration_ms",
+            "upstream_ms",
+            "request_id",
+            "key_id",
+        ] {
+            assert!(
+                line.contains_key(field),
+                "access line lacks {field}: {line:?}"
+            );
+        }
+        assert!(line["duration_ms"].is_number(), "{line:?}");
+        assert_eq!(line["method"], "GET", "{line:?}");
+        let rid = line["request_id"].as_str().expect("request_id is a string");
+        by_id.entry(rid).or_default().push(line);
+    }
+    for (rid, expected_status) in &made {
+        let found = by_id.get(rid.as_str()).map_or(0, Vec::len);
+        assert_eq!(found, 1, "request {rid} logged {found} times:\n{stdout}");
+        let line = by_id[rid.as_str()][0];
+        assert_eq!(
+            line["status"].as_u64(),
+            Some(u64::from(expected_status.as_u16())),
+            "{rid}: {line:?}"
+        );
+    }
+
+    let miss_line = by_id["t1-miss"][0];
+    assert_eq!(miss_line["cache"], "miss");
+    assert_eq!(miss_line["path"], path(VAPI_ID).as_str());
+    assert!(
+        miss_line["upstream_ms"].is_number(),
+        "a miss logs upstream_ms: {miss_line:?}"
+    );
+    let hit_line = by_id["t1-hit"][0];
+    assert_eq!(hit_line["cache"], "hit");
+    assert!(
+        hit_line["upstream_ms"].is_null(),
+        "a hit logs upstream_ms null: {hit_line:?}"
+    );
+    let key_id = miss_line["key_id"].as_str().expect("a miss has a key_id");
+    assert_eq!(key_id.len(), 16, "key_id {key_id:?}");
+    assert!(key_id.bytes().all(|b| b.is_ascii_hexdigit()), "{key_id:?}");
+    assert!(!key_id.contains(TOKEN_A) && !TOKEN_A.contains(key_id));
+    assert_eq!(
+        hit_line["key_id"].as_str(),
+        Some(key_id),
+        "same credential, same key_id"
+    );
+    let noauth_line = by_id["t1-noauth"][0];
+    assert!(
+        noauth_line["key_id"].is_null(),
+        "no credential, no key_id: {noauth_line:?}"
+    );
+    for (provider, _) in FIXTURE_IDS {
+        let line = by_id[format!("t1-fixture-{provider}").as_str()][0];
+        assert_eq!(line["key_id"].as_str(), Some(key_id), "{provider}");
+    }
+
+    // Operational lines exist too (start-up, shutdown), and they are JSON like the rest.
+    assert!(
+        lines.len() > access.len(),
+        "operational logs share stdout:\n{stdout}"
+    );
+
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        for needle in [PLANTED, TOKEN_A, "Bearer"] {
+            assert!(
+                !text.contains(needle),
+                "{name} contains {needle:?}:\n{text}"
+            );
+        }
+    }
+    assert_eq!(mock.hits(), FIXTURE_IDS.len(), "VAPI_ID was fetched once");
+}
+
+/// Runs the binary expecting a start-up failure; returns (stderr JSON message, raw stderr).
+async fn start_failure(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let (listen, admin) = free_ports();
+    let listen_s = listen.to_string();
+    let admin_s = admin.to_string();
+    // Free ports come first so that, should the bad setting be accepted, nothing collides.
+    let mut all_env = vec![
+        ("PHONEGATE__LISTEN", listen_s.as_str()),
+        ("PHONEGATE__ADMIN__LISTEN", admin_s.as_str()),
+        ("PHONEGATE__UPSTREAM__URL", "http://127.0.0.1:9"),
+    ];
+    all_env.retain(|(k, _)| !env.iter().any(|(k2, _)| k2 == k));
+    all_env.extend_from_slice(env);
+    let child = command(args, &all_env).spawn().expect("spawn phonegate");
+    let (status, stdout, stderr) = finish(child).await;
+    assert_eq!(
+        exit_code(&status),
+        Some(64),
+        "{args:?} {env:?}: bad configuration exits 64; stdout: {stdout}; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one stderr line: {stderr:?}");
+    let v: Value = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("stderr is not a JSON line ({e}): {stderr:?}"));
+    assert!(v.is_object(), "{v}");
+    let message = v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {v}"))
+        .to_owned();
+    (message, stderr)
+}
+
+#[tokio::test]
+async fn invalid_settings_stop_start_up_with_exit_64_naming_key_and_value() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("PHONEGATE__CACHE__TTL_SECS", "soon", "cache.ttl_secs"),
+        ("PHONEGATE__REDACT__MODE", "scramble", "redact.mode"),
+        ("PHONEGATE__LISTEN", "nowhere", "listen"),
+        ("PHONEGATE__ADMIN__LISTEN", "nowhere-admin", "admin.listen"),
+        (
+            "PHONEGATE__UPSTREAM__URL",
+            "ftp://example.test",
+            "upstream.url",
+        ),
+    ];
+    for (key, value, expect_key) in cases {
+        let (message, _) = start_failure(&[], &[(key, value)]).await;
+        assert!(
+            message.contains(expect_key),
+            "{key}={value}: message should name {expect_key}: {message}"
+        );
+        assert!(
+            message.contains(value),
+            "{key}={value}: message should show the value: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_or_bad_config_file_stops_start_up_with_exit_64() {
+    let (message, _) = start_failure(&["--config", "/nonexistent.toml"], &[]).await;
+    assert!(
+        message.contains("/nonexistent.toml"),
+        "the message names the file: {message}"
+    );
+
+    let (message, _) = start_failure(&[], &[("PHONEGATE_CONFIG", "/nonexistent.toml")]).await;
+    assert!(
+        message.contains("/nonexistent.toml"),
+        "the message names the file: {message}"
+    );
+
+    let file = temp_file("bad-value.toml", "[log]\nformat = \"xml-please\"\n");
+    let arg = file.to_str().expect("utf-8 temp path");
+    let (message, _) = start_failure(&["--config", arg], &[]).await;
+    assert!(message.contains("log.format"), "{message}");
+    assert!(message.contains("xml-please"), "{message}");
+
+    let file2 = temp_file("bad-type.toml", "[cache]\nttl_secs = \"later\"\n");
+    let arg2 = file2.to_str().expect("utf-8 temp path");
+    let (message, _) = start_failure(&["--config", arg2], &[]).await;
+    assert!(message.contains("cache.ttl_secs"), "{message}");
+    assert!(message.contains("later"), "{message}");
+
+    let file3 = temp_file("unknown-key.toml", "[cache]\nttl_seconds = 5\n");
+    let arg3 = file3.to_str().expect("utf-8 temp path");
+    let (message, _) = start_failure(&["--config", arg3], &[]).await;
+    assert!(message.contains("ttl_seconds"), "{message}");
+
+    for f in [file, file2, file3] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+async fn two_gets(proxy: &Running, tag: &str) -> (Option<String>, Option<String>) {
+    let url = proxy.url(&path(TWILIO_ID));
+    let first = get(&url, Some(TOKEN_A), &format!("{tag}-1")).await;
+    let second = get(&url, Some(TOKEN_A), &format!("{tag}-2")).await;
+    assert_eq!(first.status, StatusCode::OK, "{tag}");
+    assert_eq!(second.status, StatusCode::OK, "{tag}");
+    (
+        first.header("x-cache").map(str::to_owned),
+        second.header("x-cache").map(str::to_owned),
+    )
+}
+
+async fn stop_cleanly(proxy: Running) {
+    let (status, _stdout, stderr) = proxy.terminate().await;
+    assert_eq!(exit_code(&status), Some(0), "stderr: {stderr}");
+}
+
+#[tokio::test]
+async fn a_config_file_applies_and_the_environment_overrides_it() {
+    let mock = MockVapi::start().await;
+    let file = temp_file("ttl-zero.toml", "[cache]\nttl_secs = 0\n");
+    let file_s = file.to_str().expect("utf-8 temp path").to_owned();
+
+    // Baseline: the built-in default caches.
+    let proxy = Running::start(&mock.url(), &[], &[]).await;
+    let got = two_gets(&proxy, "defaults").await;
+    assert_eq!(got, (Some("miss".into()), Some("hit".into())));
+    stop_cleanly(proxy).await;
+
+    // --config FILE: ttl 0, nothing is cached.
+    mock.reset_hits();
+    let proxy = Running::start(&mock.url(), &["--config", &file_s], &[]).await;
+    let got = two_gets(&proxy, "flag").await;
+    assert_eq!(got, (Some("miss".into()), Some("miss".into())));
+    assert_eq!(mock.hits(), 2);
+    stop_cleanly(proxy).await;
+
+    // PHONEGATE_CONFIG=FILE does the same.
+    mock.reset_hits();
+    let proxy = Running::start(&mock.url(), &[], &[("PHONEGATE_CONFIG", &file_s)]).await;
+    let got = two_gets(&proxy, "env-file").await;
+    assert_eq!(got, (Some("miss".into()), Some("miss".into())));
+    assert_eq!(mock.hits(), 2);
+    stop_cleanly(proxy).await;
+
+    // The environment wins over the file.
+    mock.reset_hits();
+    let proxy = Running::start(
+        &mock.url(),
+        &["--config", &file_s],
+        &[("PHONEGATE__CACHE__TTL_SECS", "60")],
+    )
+    .await;
+    let got = two_gets(&proxy, "env-over-file").await;
+    assert_eq!(got, (Some("miss".into()), Some("hit".into())));
+    assert_eq!(mock.hits(), 1);
+    stop_cleanly(proxy).await;
+
+    let _ = std::fs::remove_file(Path::new(&file_s));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let mock = MockVapi::builder()
+        .behavior(Behavior::Delay(Duration::from_millis(1500)))
+        .start()
+        .await;
+    let proxy = Running::start(&mock.url(), &[], &[]).await;
+    let listen = proxy.listen;
+    let admin = proxy.admin;
+
+    let url = proxy.url(&path(TWILIO_ID));
+    let in_flight = tokio::spawn(async move { get(&url, Some(TOKEN_A), "drain-1").await });
+
+    // Wait until the request has reached the upstream, then a little more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the mock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished(), "the upstream is still delaying");
+
+    proxy.sigterm();
+    let signalled = Instant::now();
+    let mut readyz_during_drain: Vec<(Duration, Option<StatusCode>)> = Vec::new();
+    let mut connect_after_sigterm: Option<std::io::Result<tokio::net::TcpStream>> = None;
+    while !in_flight.is_finished() {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(8),
+            "the in-flight request did not finish"
+        );
+        let status = readyz(admin).await;
+        if !in_flight.is_finished() {
+            readyz_during_drain.push((signalled.elapsed(), status));
+        }
+        if connect_after_sigterm.is_none() && signalled.elapsed() >= Duration::from_millis(200) {
+            connect_after_sigterm = Some(tokio::net::TcpStream::connect(listen).await);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let resp = in_flight.await.expect("request task");
+    assert_eq!(
+        resp.status,
+        StatusCode::OK,
+        "the in-flight request completes"
+    );
+    assert_eq!(resp.json()["id"], TWILIO_ID);
+
+    assert!(
+        readyz_during_drain
+            .iter()
+            .any(|(_, s)| *s == Some(StatusCode::SERVICE_UNAVAILABLE)),
+        "/readyz answered 503 during the drain: {readyz_during_drain:?}"
+    );
+    // Signal delivery takes a moment, but well after it readiness must not be 200 any more.
+    for (at, status) in &readyz_during_drain {
+        if *at > Duration::from_millis(300) {
+            assert_eq!(
+                *status,
+                Some(StatusCode::SERVICE_UNAVAILABLE),
+                "at {at:?} after SIGTERM: {readyz_during_drain:?}"
+            );
+        }
+    }
+    match connect_after_sigterm.expect("a connection attempt was made during the drain") {
+        Ok(_) => panic!("the proxy port still accepts connections after SIGTERM"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "unexpected connect error: {e}"
+        ),
+    }
+
+    let Running { child, .. } = proxy;
+    let started = Instant::now();
+    let (status, stdout, stderr) = finish(child).await;
+    assert_eq!(exit_code(&status), Some(0), "stderr: {stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exit took {:?} after SIGTERM ({:?} after the request completed)",
+        signalled.elapsed(),
+        started.elapsed()
+    );
+    let lines = json_lines(&stdout);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| is_access(l) && l["request_id"] == "drain-1")
+            .count(),
+        1,
+        "the drained request was logged:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn version_and_help_exit_zero() {
+    let child = command(&["--version"], &[]).spawn().expect("spawn");
+    let (status, stdout, stderr) = finish(child).await;
+    assert_eq!(exit_code(&status), Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.contains(env!("CARGO_PKG_VERSION")),
+        "--version prints the version: {stdout:?}"
+    );
+    assert!(stdout.contains("phonegate"), "{stdout:?}");
+
+    let child = command(&["--help"], &[]).spawn().expect("spawn");
+    let (status, stdout, stderr) = finish(child).await;
+    assert_eq!(exit_code(&status), Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.contains("--config"),
+        "--help lists --config: {stdout:?}"
+    );
+}
+
+#[tokio::test]
+async fn trace_level_operational_logs_stay_json_and_leak_nothing() {
+    let mock = MockVapi::start().await;
+    let proxy = Running::start(&mock.url(), &[], &[("PHONEGATE__LOG__LEVEL", "trace")]).await;
+
+    // HTTP/1.1 and h2c (prior knowledge), so both protocol stacks log what they log.
+    let h1 = get(&proxy.url(&path(TWILIO_ID)), Some(TOKEN_A), "trace-h1").await;
+    assert_eq!(h1.status, StatusCode::OK);
+    let h2_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Full<Bytes>>();
+    let req = Request::get(proxy.url(&path(VAPI_ID)))
+        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .header("x-request-id", "trace-h2")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), h2_client.request(req))
+        .await
+        .expect("h2c answer in time")
+        .expect("h2c request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    drop(resp);
+    drop(h2_client);
+
+    let (status, stdout, stderr) = proxy.terminate().await;
+    assert_eq!(exit_code(&status), Some(0), "stderr: {stderr}");
+    let lines = json_lines(&stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.get("level") == Some(&Value::from("TRACE"))),
+        "log.level = trace took effect"
+    );
+    for rid in ["trace-h1", "trace-h2"] {
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| is_access(l) && l["request_id"] == rid)
+                .count(),
+            1,
+            "{rid} logged once"
+        );
+    }
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        for needle in [PLANTED, TOKEN_A, "Bearer"] {
+            assert!(
+                !text.contains(needle),
+                "{name} contains {needle:?} at trace level"
+            );
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! Client connection handling: the header timeout against silent, dribbling and half-preface
+//! clients (and that they cannot starve real traffic), oversized request heads, keep-alive.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::mock_vapi::{PLANTED, TWILIO_ID, VONAGE_ID};
+use support::{MockVapi, Proxy, TOKEN_A, get, path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A short header timeout; a short drain too, so a connection the server fails to close cannot
+/// stretch the test's shutdown.
+const SHORT_HEADER_TIMEOUT: &str = "[server]\nheader_timeout_ms = 300\ndrain_timeout_ms = 500\n";
+
+/// Disconnection must come well within this, given a 300 ms header timeout.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a slow client saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The server closed (EOF, reset, or a failed write) after this long.
+    Closed(Duration),
+    /// Still connected when the test stopped waiting.
+    StillOpen,
+}
+
+/// Reads (discarding anything the server says, e.g. a 408) until EOF or an error.
+async fn wait_closed(stream: &mut TcpStream, started: Instant, within: Duration) -> Outcome {
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Closed(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return Outcome::StillOpen,
+        }
+    }
+}
+
+/// Connects and stays silent.
+async fn silent(addr: std::net::SocketAddr, within: Duration) -> Outcome {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    wait_closed(&mut stream, started, within).await
+}
+
+/// Connects, sends `prefix`, then stops talking.
+async fn stalled(addr: std::net::SocketAddr, prefix: &[u8], within: Duration) -> Outcome {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    if stream.write_all(prefix).await.is_err() {
+        return Outcome::Closed(started.elapsed());
+    }
+    wait_closed(&mut stream, started, within).await
+}
+
+/// Connects, sends `GET /phone-number/`, then one more byte of a never-ending header every
+/// 100 ms.
+async fn dribbling(addr: std::net::SocketAddr, within: Duration) -> Outcome {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    if stream.write_all(b"GET /phone-number/").await.is_err() {
+        return Outcome::Closed(started.elapsed());
+    }
+    let rest = format!("{TWILIO_ID} HTTP/1.1\r\nHost: localhost\r\nX-Slow: ");
+    let mut bytes = rest.bytes().chain(std::iter::repeat(b'a'));
+    let mut buf = [0u8; 1024];
+    loop {
+        if started.elapsed() >= within {
+            return Outcome::StillOpen;
+        }
+        let byte = bytes.next().unwrap_or(b'a');
+        if stream.write_all(&[byte]).await.is_err() {
+            return Outcome::Closed(started.elapsed());
+        }
+        // Wait ~100 ms for the next byte, noticing a close meanwhile.
+        let tick = Instant::now();
+        while tick.elapsed() < Duration::from_millis(100) {
+            let left = Duration::from_millis(100).saturating_sub(tick.elapsed());
+            match tokio::time::timeout(left, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Closed(started.elapsed()),
+                Ok(Ok(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn assert_closed(what: &str, outcome: Outcome) -> Duration {
+    match outcome {
+        Outcome::Closed(after) => {
+            assert!(after < CLOSE_WITHIN, "{what}: closed only after {after:?}");
+            after
+        }
+        Outcome::StillOpen => panic!("{what}: still connected after {CLOSE_WITHIN:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_client_is_disconnected_after_the_header_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), SHORT_HEADER_TIMEOUT).await;
+    let after = assert_closed("silent client", silent(proxy.addr, CLOSE_WITHIN).await);
+    assert!(
+        after >= Duration::from_millis(200),
+        "closed after {after:?}, before the 300 ms header timeout"
+    );
+    assert_eq!(mock.hits(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_dribbling_client_is_disconnected_after_the_header_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), SHORT_HEADER_TIMEOUT).await;
+    assert_closed(
+        "dribbling client",
+        dribbling(proxy.addr, CLOSE_WITHIN).await,
+    );
+    assert_eq!(mock.hits(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_head_is_disconnected_after_the_header_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), SHORT_HEADER_TIMEOUT).await;
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN_A}\r\n",
+        path(TWILIO_ID)
+    );
+    assert_closed(
+        "stalled request head",
+        stalled(proxy.addr, head.as_bytes(), CLOSE_WITHIN).await,
+    );
+    assert_eq!(mock.hits(), 0, "an unfinished head is never forwarded");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_partial_h2_preface_is_disconnected_after_the_header_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), SHORT_HEADER_TIMEOUT).await;
+    assert_closed(
+        "partial HTTP/2 preface",
+        stalled(proxy.addr, b"PRI * HTTP/2.0\r\n", CLOSE_WITHIN).await,
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_h2_preface_without_a_request_is_disconnected_after_the_header_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), SHORT_HEADER_TIMEOUT).await;
+    assert_closed(
+        "HTTP/2 preface, then silence",
+        stalled(proxy.addr, H2_PREFACE, CLOSE_WITHIN).await,
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), SHORT_HEADER_TIMEOUT).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN_A}\r\n\r\n",
+        path(TWILIO_ID)
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // Read the whole first answer (it has a content-length), then go quiet.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let answered = Instant::now();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the answer arrives")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                break;
+            }
+        }
+    }
+    let outcome = wait_closed(&mut stream, answered, CLOSE_WITHIN + Duration::from_secs(1)).await;
+    assert!(
+        matches!(outcome, Outcome::Closed(_)),
+        "an idle keep-alive connection stays open past the header timeout: {outcome:?}"
+    );
+    proxy.stop().await;
+}
+
+/// Opens `n` slow clients of mixed kinds; returns their tasks.
+fn slow_clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+    within: Duration,
+) -> Vec<tokio::task::JoinHandle<Outcome>> {
+    (0..n)
+        .map(|i| match i % 3 {
+            0 => tokio::spawn(silent(addr, within)),
+            1 => tokio::spawn(dribbling(addr, within)),
+            _ => tokio::spawn(stalled(addr, b"PRI * HTTP/2.0\r\n", within)),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_hundred_slow_clients_neither_starve_traffic_nor_outlive_the_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), SHORT_HEADER_TIMEOUT).await;
+    let clients = slow_clients(proxy.addr, 200, CLOSE_WITHIN + Duration::from_secs(1));
+    // Let them connect and start stalling.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let started = Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(2),
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)),
+    )
+    .await
+    .expect("a normal request is answered promptly despite 200 slow clients");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    for (i, client) in clients.into_iter().enumerate() {
+        let outcome = client.await.expect("client task");
+        match outcome {
+            Outcome::Closed(after) => assert!(
+                after < CLOSE_WITHIN + Duration::from_secs(1),
+                "slow client {i} closed only after {after:?}"
+            ),
+            Outcome::StillOpen => panic!("slow client {i} was never disconnected"),
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn slow_clients_held_open_do_not_block_the_accept_loop() {
+    // A long header timeout, so the slow clients really are connected during the request.
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(
+        &mock.url(),
+        "[server]\nheader_timeout_ms = 10000\ndrain_timeout_ms = 500\n",
+    )
+    .await;
+    let hold = Duration::from_millis(1500);
+    let clients = slow_clients(proxy.addr, 200, hold);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for id in [TWILIO_ID, VONAGE_ID] {
+        let started = Instant::now();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(2),
+            get(&proxy, &path(id), Some(TOKEN_A)),
+        )
+        .await
+        .expect("answered promptly while 200 slow clients are connected");
+        assert_eq!(resp.status, StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let mut open = 0;
+    for client in clients {
+        if client.await.expect("client task") == Outcome::StillOpen {
+            open += 1;
+        }
+    }
+    assert!(
+        open >= 190,
+        "the slow clients were held open during the requests ({open} of 200 still open)"
+    );
+    proxy.stop().await;
+}
+
+/// A 100 KB header, well over the proxy's 64 KiB limit on a request head.
+fn filler() -> String {
+    "f".repeat(100 * 1024)
+}
+
+#[tokio::test]
+async fn an_oversized_http1_request_head_is_refused_without_an_upstream_call() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN_A}\r\n\
+         X-Filler: {}\r\nConnection: close\r\n\r\n",
+        path(TWILIO_ID),
+        filler()
+    );
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    // The server may stop reading (and close) before the whole head is written.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), stream.write_all(request.as_bytes())).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "expected 431 or a closed connection, got {:?}",
+        answer.lines().next()
+    );
+    assert_eq!(mock.hits(), 0, "nothing was forwarded");
+
+    // The proxy is still fine afterwards.
+    let ok = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_h2_header_list_is_refused_without_an_upstream_call() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = Request::get(proxy.url(&path(TWILIO_ID)))
+        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .header("x-filler", filler())
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .expect("h2 answer or error in time");
+    if let Ok(resp) = outcome {
+        assert!(
+            resp.status().is_client_error(),
+            "an oversized h2 header list got {}",
+            resp.status()
+        );
+    }
+    assert_eq!(mock.hits(), 0, "nothing was forwarded");
+
+    let ok = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn two_requests_share_one_http1_keep_alive_connection() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+
+    let mut bodies = Vec::new();
+    for expected in ["miss", "hit"] {
+        sender
+            .ready()
+            .await
+            .expect("the connection is still usable");
+        let req = Request::get(path(TWILIO_ID))
+            .header("host", proxy.addr.to_string())
+            .header("authorization", format!("Bearer {TOKEN_A}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .expect("answer in time")
+            .expect("response on the kept-alive connection");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), Version::HTTP_11);
+        assert_eq!(
+            resp.headers().get("x-cache").and_then(|v| v.to_str().ok()),
+            Some(expected)
+        );
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(!String::from_utf8_lossy(&body).contains(PLANTED));
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1);
+    assert!(!conn.is_finished(), "the connection was kept alive");
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn two_streams_share_one_h2c_connection() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let mut pending = Vec::new();
+    for id in [TWILIO_ID, VONAGE_ID] {
+        let req = Request::get(proxy.url(&path(id)))
+            .header("authorization", format!("Bearer {TOKEN_A}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        pending.push((id, sender.send_request(req)));
+    }
+    for (id, fut) in pending {
+        let resp = tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .expect("answer in time")
+            .expect("h2 response");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), Version::HTTP_2);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["id"], id);
+    }
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    proxy.stop().await;
+}
