@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::error::json_error_body;
 use crate::response::Body;
+use crate::shield::breaker::BreakerState;
 use crate::state::AppState;
 
 /// Serves the admin listener until `stop` turns true.
@@ -62,7 +63,7 @@ pub async fn handle<B>(
     req: Request<B>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
-    let known = matches!(path, "/healthz" | "/readyz");
+    let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
     if known && req.method() != Method::GET && req.method() != Method::HEAD {
         let mut response = json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -83,6 +84,7 @@ pub async fn handle<B>(
             StatusCode::OK,
             Bytes::from_static(b"{\"status\":\"ready\"}"),
         ),
+        "/metrics" => metrics(&state),
         _ => json(
             StatusCode::NOT_FOUND,
             json_error_body(
@@ -92,6 +94,26 @@ pub async fn handle<B>(
         ),
     };
     Ok(response)
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    state.cache.run_pending_tasks();
+    let breaker = match state.shield.breaker_state() {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    };
+    let text = state.metrics.render(
+        state.cache.entry_count(),
+        state.cache.weighted_size(),
+        breaker,
+    );
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {

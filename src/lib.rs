@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod credential;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
 pub mod redact;
 pub mod response;

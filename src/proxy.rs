@@ -28,6 +28,7 @@ use crate::cache::coalesce::Role;
 use crate::cache::{CacheKey, Entry, Staleness};
 use crate::credential::{self, KeyId};
 use crate::error::ProxyError;
+use crate::metrics::RequestLabels;
 use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
 use crate::response_filter;
 use crate::route::{self, Route};
@@ -84,17 +85,43 @@ where
         Ok(outcome) => outcome,
         Err(_) => Err(ProxyError::RequestTimeout),
     };
+    let metrics = &state.metrics;
     let (mut response, reason) = match outcome {
-        Ok(response) => (response, ctx.stale_reason),
+        Ok(response) => {
+            if let Some(why) = ctx.stale_reason {
+                metrics.stale(why);
+            }
+            (response, ctx.stale_reason)
+        }
         Err(error) => {
-            if error == ProxyError::FetcherVanished {
-                tracing::error!(request_id = ?ctx.request_id, "upstream fetch task ended without an answer");
+            match error {
+                ProxyError::FetcherVanished => tracing::error!(
+                    request_id = ?ctx.request_id,
+                    "upstream fetch task ended without an answer"
+                ),
+                ProxyError::Refused(_)
+                | ProxyError::RequestTimeout
+                | ProxyError::CoalesceTimeout => metrics.refusal(error.reason()),
+                _ => {}
             }
             (response::from_error(&error, head), Some(error.reason()))
         }
     };
+    if ctx.coalesced {
+        metrics.coalesced_wait();
+    }
     let bytes = response.body().size_hint().exact().unwrap_or(0);
     response::finish(&mut response, ctx.request_id.clone());
+    let duration = started.elapsed();
+    let route = ctx.route.map_or("none", |r| r.name());
+    metrics.request(
+        RequestLabels {
+            route,
+            status: response.status().as_u16(),
+            cache: ctx.cache.as_str(),
+        },
+        duration.as_secs_f64(),
+    );
     access_log::emit(&AccessRecord {
         request_id: ctx.request_id.to_str().unwrap_or("-"),
         method: req.method().as_str(),
@@ -102,7 +129,7 @@ where
         route: ctx.route.map(|r| r.name()),
         status: response.status().as_u16(),
         cache: ctx.cache.as_str(),
-        duration: started.elapsed(),
+        duration,
         upstream: ctx.upstream,
         key_id: ctx.key_id,
         reason,
@@ -299,6 +326,16 @@ async fn fetch_task(state: Arc<AppState>, lookup: Lookup, pass: Pass) -> Fetched
     };
     let elapsed = started.elapsed();
     drop(slot);
+    let metrics = &state.metrics;
+    metrics.upstream_exchange(elapsed.as_secs_f64());
+    match &result {
+        Ok(entry) => metrics.upstream_response(entry.status.as_u16()),
+        Err(ProxyError::UpstreamUnreachable) => metrics.upstream_failure("unreachable"),
+        Err(ProxyError::UpstreamTimeout) => metrics.upstream_failure("timeout"),
+        Err(ProxyError::UpstreamFailed) => metrics.upstream_failure("broken"),
+        Err(ProxyError::BadUpstreamBody(_)) => metrics.upstream_failure("bad_body"),
+        Err(_) => {}
+    }
     state
         .shield
         .record(credential, pass, Health::of(&result), Instant::now());

@@ -241,6 +241,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
+    let _open = OpenConnection::new(&state);
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + protocols.header_timeout;
     let opening = async {
@@ -289,6 +290,23 @@ async fn serve_connection(
             .await
         }
         None => {}
+    }
+}
+
+/// Keeps the open-connections gauge up while a connection lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(state: &AppState) -> Self {
+        let gauge = state.metrics.open_connections().clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -7,6 +7,7 @@ use crate::cache::coalesce::Coalescer;
 use crate::cache::{CacheKey, Lifetimes, ResponseCache};
 use crate::config::Config;
 use crate::credential::Fingerprinter;
+use crate::metrics::Metrics;
 use crate::proxy::Fetched;
 use crate::redact::Policy;
 use crate::shield::Shield;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub lifetimes: Lifetimes,
     /// Limits, cool-downs, breaker and concurrency cap in front of the upstream.
     pub shield: Shield,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
     draining: AtomicBool,
 }
 
@@ -69,6 +72,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             cache: ResponseCache::new(config.cache.max_bytes, lifetimes.stale_window()),
             shield: Shield::new(&config.shield),
+            metrics: Metrics::new(),
             lifetimes,
             inflight: Arc::default(),
             upstream,

@@ -15,7 +15,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 use support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
-use support::{Behavior, MockVapi, Resp, TOKEN_A, path, send};
+use support::{Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, path, send};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phonegate");
@@ -677,4 +677,56 @@ async fn trace_level_operational_logs_stay_json_and_leak_nothing() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn refusals_and_stale_answers_are_logged_with_their_reason() {
+    let mock = MockVapi::start().await;
+    let proxy = Running::start(
+        &mock.url(),
+        &[],
+        &[
+            ("PHONEGATE__LIMITS__MISSES_PER_SEC_PER_KEY", "1"),
+            ("PHONEGATE__LIMITS__MISS_BURST", "1"),
+            ("PHONEGATE__UPSTREAM__BREAKER__FAILURES", "1"),
+            ("PHONEGATE__UPSTREAM__BREAKER__OPEN_SECS", "30"),
+            ("PHONEGATE__CACHE__TTL_SECS", "1"),
+            ("PHONEGATE__CACHE__STALE_WHILE_REVALIDATE_SECS", "0"),
+        ],
+    )
+    .await;
+    let ok = get(&proxy.url(&path(TWILIO_ID)), Some(TOKEN_A), "reason-ok").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let limited = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_A), "reason-limit").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    // One failure opens the breaker (failures = 1 from the nested environment variable).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    mock.set_behavior(Behavior::Status(500));
+    let stale = get(&proxy.url(&path(TWILIO_ID)), Some(TOKEN_A), "reason-stale").await;
+    assert_eq!(stale.header("x-cache"), Some("stale"));
+    let open = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_B), "reason-breaker").await;
+    assert_eq!(open.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        mock.hits(),
+        2,
+        "the breaker kept the last request away from the upstream"
+    );
+
+    let (status, stdout, _) = proxy.terminate().await;
+    assert_eq!(exit_code(&status), Some(0));
+    let lines = json_lines(&stdout);
+    let reason_of = |id: &str| -> (Value, Value) {
+        let line = lines
+            .iter()
+            .find(|l| is_access(l) && l.get("request_id") == Some(&Value::from(id)))
+            .unwrap_or_else(|| panic!("no access line for {id}"));
+        (line["reason"].clone(), line["cache"].clone())
+    };
+    assert_eq!(reason_of("reason-ok"), (Value::Null, Value::from("miss")));
+    assert_eq!(reason_of("reason-limit").0, Value::from("miss_limit"));
+    assert_eq!(
+        reason_of("reason-stale"),
+        (Value::from("upstream_5xx"), Value::from("stale"))
+    );
+    assert_eq!(reason_of("reason-breaker").0, Value::from("breaker_open"));
 }

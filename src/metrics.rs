@@ -1,0 +1,267 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! prometheus-client rather than the `metrics` facade: its registry is a value owned by the shared
+//! state, not a process-wide global, so each server (and each test) counts on its own.
+//! Labels are `&'static str` and integers, so counting a request allocates nothing.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `phonegate_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name (`get`), or `none` when no route matched.
+    pub route: &'static str,
+    /// Response status.
+    pub status: u16,
+    /// The `x-cache` value (`hit`, `miss`, `stale`), or `none`.
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Every metric phonegate exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabel, Histogram>,
+    upstream_duration: Histogram,
+    upstream_responses: Family<StatusLabel, Counter>,
+    upstream_failures: Family<KindLabel, Counter>,
+    coalesced_waits: Counter,
+    refusals: Family<ReasonLabel, Counter>,
+    stale_served: Family<ReasonLabel, Counter>,
+    open_connections: Gauge,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    breaker_open: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~13 s: hits sit at the bottom, upstream calls and timeouts at the top.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("phonegate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, status and cache result",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RouteLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let upstream_duration = latency_histogram();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time of upstream exchanges, whole body included",
+            upstream_duration.clone(),
+        );
+        let upstream_responses = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "upstream_responses",
+            "Upstream answers, by status",
+            upstream_responses.clone(),
+        );
+        let upstream_failures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_failures",
+            "Upstream exchanges that failed, by kind",
+            upstream_failures.clone(),
+        );
+        let coalesced_waits = Counter::default();
+        registry.register(
+            "coalesced_waits",
+            "Requests that waited for another request's identical upstream fetch",
+            coalesced_waits.clone(),
+        );
+        let refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests phonegate refused itself to protect the upstream, by reason",
+            refusals.clone(),
+        );
+        let stale_served = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "stale_served",
+            "Stale answers served, by reason",
+            stale_served.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Weighted size of the cache in bytes",
+            cache_bytes.clone(),
+        );
+        let breaker_open = Gauge::default();
+        registry.register(
+            "breaker_state",
+            "Upstream circuit breaker: 0 closed, 1 open, 2 half-open (probing)",
+            breaker_open.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_responses,
+            upstream_failures,
+            coalesced_waits,
+            refusals,
+            stale_served,
+            open_connections,
+            cache_entries,
+            cache_bytes,
+            breaker_open,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, labels: RequestLabels, seconds: f64) {
+        self.request_duration
+            .get_or_create(&RouteLabel {
+                route: labels.route,
+            })
+            .observe(seconds);
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Times one upstream exchange, whatever its outcome.
+    pub fn upstream_exchange(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+
+    /// Counts one upstream answer by status.
+    pub fn upstream_response(&self, status: u16) {
+        self.upstream_responses
+            .get_or_create(&StatusLabel { status })
+            .inc();
+    }
+
+    /// Counts one failed upstream exchange (`unreachable`, `timeout`, `broken`, `bad_body`).
+    pub fn upstream_failure(&self, kind: &'static str) {
+        self.upstream_failures
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// Counts one request that joined another's fetch.
+    pub fn coalesced_wait(&self) {
+        self.coalesced_waits.inc();
+    }
+
+    /// Counts one refusal (`miss_limit`, `cooling_down`, `breaker_open`, `queue_full`, ...).
+    pub fn refusal(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts one stale answer (`revalidating`, `upstream_5xx`, ...).
+    pub fn stale(&self, reason: &'static str) {
+        self.stale_served
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// The open-connections gauge, raised and lowered by the server.
+    pub fn open_connections(&self) -> &Gauge {
+        &self.open_connections
+    }
+
+    /// Renders the Prometheus text format, after setting the gauges sampled at scrape time.
+    pub fn render(&self, cache_entries: u64, cache_bytes: u64, breaker_state: i64) -> String {
+        self.cache_entries
+            .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
+        self.breaker_open.set(breaker_state);
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_their_labels() {
+        let m = Metrics::new();
+        m.request(
+            RequestLabels {
+                route: "get",
+                status: 200,
+                cache: "hit",
+            },
+            0.001,
+        );
+        m.refusal("miss_limit");
+        m.refusal("miss_limit");
+        let text = m.render(3, 4096, 1);
+        assert!(
+            text.contains(r#"phonegate_requests_total{route="get",status="200",cache="hit"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"phonegate_refusals_total{reason="miss_limit"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("phonegate_cache_entries 3"), "{text}");
+        assert!(text.contains("phonegate_cache_bytes 4096"), "{text}");
+        assert!(text.contains("phonegate_breaker_state 1"), "{text}");
+        assert!(
+            text.contains("phonegate_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
