@@ -37,8 +37,10 @@ pub struct AccessRecord<'a> {
     pub method: &'a str,
     /// Request path, without the query string (which may carry anything).
     pub path: &'a str,
-    /// Route name (`get`), when the request matched one.
+    /// Route name (`get`, `list`, `list_v2`, `create`, `update`, `delete`), when one matched.
     pub route: Option<&'static str>,
+    /// The managed-mode client's name.
+    pub client: Option<&'a str>,
     /// Response status.
     pub status: u16,
     /// `hit`, `miss` or `none`.
@@ -69,6 +71,7 @@ pub fn emit(record: &AccessRecord<'_>) {
         method = record.method,
         path = path,
         route = record.route,
+        client = record.client,
         status = record.status,
         cache = record.cache,
         duration_ms = millis(record.duration),
@@ -302,6 +305,7 @@ mod tests {
             method: "GET",
             path: "/phone-number/x",
             route: Some("get"),
+            client: None,
             status: 200,
             cache: "hit",
             duration: Duration::from_micros(1234),

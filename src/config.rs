@@ -79,6 +79,8 @@ struct RawSettings {
     cache: RawCache,
     redact: RawRedact,
     limits: RawLimits,
+    auth: RawAuth,
+    cors: RawCors,
     log: RawLog,
     #[serde(default)]
     tls: RawTls,
@@ -103,6 +105,32 @@ struct RawUpstream {
     queue_timeout_ms: u64,
     max_retry_after_secs: u64,
     breaker: RawBreaker,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    api_key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    mode: String,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    token_sha256: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +155,7 @@ struct RawLimits {
 struct RawCache {
     ttl_secs: u64,
     negative_ttl_secs: u64,
+    list_ttl_secs: u64,
     stale_while_revalidate_secs: u64,
     stale_if_error_secs: u64,
     max_bytes: u64,
@@ -166,6 +195,7 @@ struct RawServer {
     drain_timeout_ms: u64,
     max_connections: u64,
     request_timeout_ms: u64,
+    max_request_body_bytes: u64,
 }
 
 // ---- validated runtime configuration ----
@@ -185,6 +215,10 @@ pub struct Config {
     pub redact: RedactConfig,
     /// Upstream protection: concurrency, breaker, per-credential limits and cool-downs.
     pub shield: ShieldConfig,
+    /// Whose credential goes upstream.
+    pub auth: AuthConfig,
+    /// Browser origins allowed by CORS; empty means no CORS headers. Default is empty.
+    pub cors_allowed_origins: Vec<String>,
     /// Logging.
     pub log: LogConfig,
     /// TLS on the proxy listener; `None` is plain HTTP. Default is `None`.
@@ -213,6 +247,8 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Freshness of a 404. Default is 5 s; 0 disables caching of 404s.
     pub negative_ttl: Duration,
+    /// Freshness of a list answer. Default is 10 s; 0 disables caching of lists.
+    pub list_ttl: Duration,
     /// After the TTL, how long a stale answer is served while it is refreshed. Default is 30 s.
     pub stale_while_revalidate: Duration,
     /// After the TTL, how long a stale answer may stand in for a failing upstream. Default is
@@ -230,6 +266,7 @@ impl fmt::Debug for CacheConfig {
         f.debug_struct("CacheConfig")
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
+            .field("list_ttl", &self.list_ttl)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("stale_if_error", &self.stale_if_error)
             .field("max_bytes", &self.max_bytes)
@@ -288,6 +325,57 @@ pub struct ShieldConfig {
     pub max_tracked_keys: u64,
 }
 
+/// Whose credential goes upstream.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// The caller's own bearer token goes upstream. The default.
+    Passthrough,
+    /// Callers present tokens phonegate issued; phonegate sends its own key upstream.
+    Managed {
+        /// The configured clients.
+        clients: Vec<ClientConfig>,
+        /// The upstream key (`upstream.api_key` or the contents of `upstream.api_key_file`).
+        api_key: String,
+    },
+}
+
+impl fmt::Debug for AuthConfig {
+    // Hand-written so the upstream key never reaches a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthConfig::Passthrough => f.write_str("Passthrough"),
+            AuthConfig::Managed { clients, .. } => f
+                .debug_struct("Managed")
+                .field("clients", clients)
+                .field("api_key", &"(set)")
+                .finish(),
+        }
+    }
+}
+
+/// One managed-mode client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Its name, logged as `client`.
+    pub name: String,
+    /// SHA-256 of its token.
+    pub token_sha256: [u8; 32],
+    /// May call the GET routes.
+    pub read: bool,
+    /// May call POST, PATCH and DELETE.
+    pub write: bool,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("name", &self.name)
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -326,6 +414,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Deadline for one whole request. Default is 30 s.
     pub request_timeout: Duration,
+    /// Largest request body accepted. Default is 256 KiB.
+    pub max_request_body_bytes: usize,
 }
 
 impl Config {
@@ -387,8 +477,12 @@ impl Config {
 impl RawSettings {
     fn validate(self) -> Result<Config, ConfigError> {
         let shield = validate_shield(&self.upstream, self.limits)?;
+        let auth = validate_auth(self.auth, &self.upstream)?;
+        let cors_allowed_origins = validate_origins(self.cors.allowed_origins)?;
         Ok(Config {
             shield,
+            auth,
+            cors_allowed_origins,
             listen: parse_addr("listen", &self.listen)?,
             admin_listen: parse_addr("admin.listen", &self.admin.listen)?,
             upstream: self.upstream.validate()?,
@@ -409,6 +503,10 @@ impl RawSettings {
                 request_timeout: positive_ms(
                     "server.request_timeout_ms",
                     self.server.request_timeout_ms,
+                )?,
+                max_request_body_bytes: at_least_one(
+                    "server.max_request_body_bytes",
+                    self.server.max_request_body_bytes,
                 )?,
             },
         })
@@ -452,6 +550,7 @@ impl RawCache {
         Ok(CacheConfig {
             ttl: Duration::from_secs(self.ttl_secs),
             negative_ttl: Duration::from_secs(self.negative_ttl_secs),
+            list_ttl: Duration::from_secs(self.list_ttl_secs),
             stale_while_revalidate: Duration::from_secs(self.stale_while_revalidate_secs),
             stale_if_error: Duration::from_secs(self.stale_if_error_secs),
             max_bytes: self.max_bytes,
@@ -590,6 +689,172 @@ fn validate_shield(upstream: &RawUpstream, limits: RawLimits) -> Result<ShieldCo
         },
         max_tracked_keys: at_least_one("limits.max_tracked_keys", limits.max_tracked_keys)? as u64,
     })
+}
+
+fn validate_auth(auth: RawAuth, upstream: &RawUpstream) -> Result<AuthConfig, ConfigError> {
+    match auth.mode.to_ascii_lowercase().as_str() {
+        "passthrough" => Ok(AuthConfig::Passthrough),
+        "managed" => {
+            let api_key = match (
+                non_empty(upstream.api_key.clone()),
+                non_empty(upstream.api_key_file.clone()),
+            ) {
+                (Some(key), None) => key,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        invalid(
+                            "upstream.api_key_file",
+                            &path,
+                            format!("cannot be read: {e}"),
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "upstream.api_key",
+                        "(hidden)",
+                        "set upstream.api_key or upstream.api_key_file, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "upstream.api_key",
+                        "",
+                        "auth.mode = \"managed\" needs upstream.api_key or upstream.api_key_file",
+                    ));
+                }
+            };
+            if api_key.is_empty()
+                || api_key
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || !b.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    "upstream.api_key",
+                    "(hidden)",
+                    "must be a non-empty key without spaces or control characters",
+                ));
+            }
+            if auth.clients.is_empty() {
+                return Err(invalid(
+                    "auth.clients",
+                    "[]",
+                    "auth.mode = \"managed\" needs at least one [[auth.clients]] entry",
+                ));
+            }
+            let mut clients: Vec<ClientConfig> = Vec::with_capacity(auth.clients.len());
+            for raw in auth.clients {
+                clients.push(validate_client(raw, &clients)?);
+            }
+            Ok(AuthConfig::Managed { clients, api_key })
+        }
+        _ => Err(invalid(
+            "auth.mode",
+            &auth.mode,
+            "expected \"passthrough\" or \"managed\"",
+        )),
+    }
+}
+
+fn validate_client(raw: RawClient, earlier: &[ClientConfig]) -> Result<ClientConfig, ConfigError> {
+    let name = raw.name.trim().to_owned();
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(invalid(
+            "auth.clients.name",
+            &raw.name,
+            "must be 1 to 64 printable ASCII characters without spaces",
+        ));
+    }
+    if earlier.iter().any(|c| c.name == name) {
+        return Err(invalid(
+            "auth.clients.name",
+            &name,
+            "is used by two clients",
+        ));
+    }
+    let hex = raw.token_sha256.trim();
+    let mut token_sha256 = [0u8; 32];
+    let valid_hex = hex.len() == 64
+        && hex
+            .as_bytes()
+            .chunks(2)
+            .zip(token_sha256.iter_mut())
+            .all(|(pair, out)| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    .map(|b| *out = b)
+                    .is_some()
+            });
+    if !valid_hex {
+        return Err(invalid(
+            "auth.clients.token_sha256",
+            format!("(client {name})"),
+            "must be 64 hex digits, as printed by `phonegate hash-token`",
+        ));
+    }
+    if earlier.iter().any(|c| c.token_sha256 == token_sha256) {
+        return Err(invalid(
+            "auth.clients.token_sha256",
+            format!("(client {name})"),
+            "is used by two clients",
+        ));
+    }
+    let (mut read, mut write) = (false, false);
+    for scope in &raw.scopes {
+        match scope.as_str() {
+            "read" => read = true,
+            "write" => write = true,
+            other => {
+                return Err(invalid(
+                    "auth.clients.scopes",
+                    other,
+                    "scopes are \"read\" and \"write\"",
+                ));
+            }
+        }
+    }
+    if !read && !write {
+        return Err(invalid(
+            "auth.clients.scopes",
+            format!("(client {name})"),
+            "needs \"read\", \"write\" or both",
+        ));
+    }
+    Ok(ClientConfig {
+        name,
+        token_sha256,
+        read,
+        write,
+    })
+}
+
+/// Origins as browsers send them: `scheme://host[:port]`, nothing else.
+fn validate_origins(origins: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    origins
+        .into_iter()
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            let ok = o
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http") | Some("https")))
+                .filter(|u| u.authority().is_some())
+                .is_some_and(|u| u.path() == "/" && u.query().is_none() && !o.contains('@'))
+                && !o.ends_with("/");
+            if ok {
+                Ok(o)
+            } else {
+                Err(invalid(
+                    "cors.allowed_origins",
+                    &o,
+                    "expected an origin such as https://app.example.com (scheme, host, port only)",
+                ))
+            }
+        })
+        .collect()
 }
 
 fn at_least_one(key: &'static str, n: u64) -> Result<usize, ConfigError> {

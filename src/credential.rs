@@ -22,6 +22,8 @@ pub enum AuthError {
     Missing,
     /// Present but not a single well-formed `Bearer <token>`.
     Malformed,
+    /// Well-formed, but not a token of any configured client (managed mode).
+    UnknownClient,
 }
 
 impl AuthError {
@@ -30,6 +32,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing Authorization header; expected \"Bearer <api key>\"",
             AuthError::Malformed => "malformed Authorization header; expected \"Bearer <api key>\"",
+            AuthError::UnknownClient => "unknown token",
         }
     }
 }

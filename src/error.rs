@@ -16,12 +16,22 @@ use crate::shield::Refusal;
 /// A request phonegate answers itself instead of relaying an upstream answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
-    /// The path or method is not served.
+    /// The path, method or list query is not served.
     Route(RouteError),
-    /// The `Authorization` header is missing or malformed.
+    /// The `Authorization` header is missing, malformed, or names no known client.
     Auth(AuthError),
+    /// The caller's client lacks the scope this route needs.
+    Forbidden(&'static str),
     /// A `GET`/`HEAD` arrived with a body.
     BodyNotAllowed,
+    /// A write's body is unusable (not JSON, wrong content type); the message says why.
+    BadBody(&'static str),
+    /// A write's body is larger than `server.max_request_body_bytes`.
+    BodyTooLarge,
+    /// A write's body carries the redaction placeholder.
+    PlaceholderInBody,
+    /// A CORS preflight from an origin not in `cors.allowed_origins`.
+    OriginNotAllowed,
     /// The upstream could not be connected to.
     UpstreamUnreachable,
     /// The upstream did not answer, body included, within `upstream.timeout_ms`.
@@ -45,13 +55,16 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
-            ProxyError::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Route(RouteError::BadId | RouteError::BadPath(_)) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::Route(RouteError::MethodNotAllowed(_)) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Route(
+                RouteError::BadId | RouteError::BadPath(_) | RouteError::BadQuery(_),
+            ) => StatusCode::BAD_REQUEST,
             ProxyError::Route(RouteError::TooLong) => StatusCode::URI_TOO_LONG,
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::BodyNotAllowed => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden(_) | ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::BodyNotAllowed | ProxyError::PlaceholderInBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamFailed
             | ProxyError::BadUpstreamBody(_) => StatusCode::BAD_GATEWAY,
@@ -70,19 +83,29 @@ impl ProxyError {
     }
 
     /// The human-readable `message` of the body.
-    pub fn message(&self) -> &'static str {
+    pub fn message(&self) -> &str {
         match self {
             ProxyError::Route(RouteError::NotFound) => {
-                "no such route; phonegate serves GET /phone-number/{id}"
+                "no such route; phonegate serves /phone-number, /phone-number/{id} and /v2/phone-number"
             }
-            ProxyError::Route(RouteError::MethodNotAllowed) => {
-                "method not allowed; this route answers GET and HEAD"
+            ProxyError::Route(RouteError::MethodNotAllowed(_)) => {
+                "method not allowed on this route; see the Allow header"
             }
             ProxyError::Route(RouteError::BadId) => "the phone number id must be a UUID",
             ProxyError::Route(RouteError::BadPath(why)) => why,
+            ProxyError::Route(RouteError::BadQuery(why)) => why,
             ProxyError::Route(RouteError::TooLong) => "the request path is too long",
             ProxyError::Auth(e) => e.message(),
+            ProxyError::Forbidden(why) => why,
             ProxyError::BodyNotAllowed => "GET and HEAD requests must not carry a body",
+            ProxyError::BadBody(why) => why,
+            ProxyError::BodyTooLarge => "the request body is too large",
+            ProxyError::PlaceholderInBody => {
+                "the body carries \"[REDACTED]\", the placeholder phonegate shows where a secret \
+                 was; sending it back would overwrite the real secret. Send the real value, or \
+                 leave the field out to keep it unchanged"
+            }
+            ProxyError::OriginNotAllowed => "this origin is not allowed (cors.allowed_origins)",
             ProxyError::UpstreamUnreachable => "the upstream API could not be reached",
             ProxyError::UpstreamTimeout => "the upstream API did not answer in time",
             ProxyError::UpstreamFailed => "the upstream API connection failed mid-answer",
@@ -112,13 +135,20 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::Route(RouteError::NotFound) => "no_route",
-            ProxyError::Route(RouteError::MethodNotAllowed) => "method_not_allowed",
+            ProxyError::Route(RouteError::MethodNotAllowed(_)) => "method_not_allowed",
             ProxyError::Route(RouteError::BadId) => "bad_id",
             ProxyError::Route(RouteError::BadPath(_)) => "bad_path",
+            ProxyError::Route(RouteError::BadQuery(_)) => "bad_query",
             ProxyError::Route(RouteError::TooLong) => "path_too_long",
             ProxyError::Auth(AuthError::Missing) => "missing_credential",
             ProxyError::Auth(AuthError::Malformed) => "malformed_credential",
+            ProxyError::Auth(AuthError::UnknownClient) => "unknown_client",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::BodyNotAllowed => "body_not_allowed",
+            ProxyError::BadBody(_) => "bad_body",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::PlaceholderInBody => "placeholder_in_body",
+            ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamFailed => "upstream_failed",

@@ -8,12 +8,15 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod credential;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod query;
 pub mod redact;
 pub mod response;
 pub mod response_filter;

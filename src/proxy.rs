@@ -1,15 +1,20 @@
 //! The request path, as named phases in a fixed order:
 //!
-//! 1. request filter: route, body check, credential, per-credential request budget
-//!    ([`crate::route`], [`crate::credential`], [`crate::shield`]);
-//! 2. cache key: (id, credential fingerprint) ([`CacheKey`]);
+//! 1. request filter: CORS preflight, route (path, method, list query), credential and scope,
+//!    per-credential request budget ([`crate::cors`], [`crate::route`], [`crate::auth`],
+//!    [`crate::shield`]);
+//! 2. cache key: (resource, fingerprint of the upstream credential) ([`CacheKey`]);
 //! 3. cache lookup: fresh is a hit; within stale-while-revalidate the stale entry is the answer
 //!    and one background refresh starts; within stale-if-error it is kept as a stand-in;
 //! 4. upstream fetch, coalesced per key ([`crate::cache::coalesce`]) and gated by the shield
 //!    (miss budget, 429 cool-down, breaker, concurrency slot);
 //! 5. response filter: parse, redact, classify ([`crate::response_filter`]);
 //! 6. cache store (inside the fetch, so waiters and later callers agree);
-//! 7. response (the stand-in if the upstream failed) and access log.
+//! 7. response (the stand-in if the upstream failed), CORS headers and access log.
+//!
+//! Writes (POST, PATCH, DELETE) skip 2, 3 and 6: their body is checked, they are forwarded
+//! unchanged, their answer is redacted, and on success the cached entries they made stale are
+//! dropped.
 //!
 //! Shared state lives in [`AppState`]; per-request state in [`RequestContext`]. The handler never
 //! fails: every error becomes a JSON answer in [`crate::response::from_error`].
@@ -18,19 +23,25 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::AUTHORIZATION;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body as _;
 use uuid::Uuid;
 
 use crate::access_log::{self, AccessRecord};
+use crate::auth::Caller;
 use crate::cache::coalesce::Role;
-use crate::cache::{CacheKey, Entry, Staleness};
-use crate::credential::{self, KeyId};
+use crate::cache::{CacheKey, Entry, Resource, Staleness};
+use crate::cors::Preflight;
+use crate::credential::KeyId;
 use crate::error::ProxyError;
 use crate::metrics::RequestLabels;
+use crate::redact;
 use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
-use crate::response_filter;
+use crate::response_filter::{self, Ttls};
 use crate::route::{self, Route};
 use crate::shield::{Health, Pass};
 use crate::state::AppState;
@@ -55,8 +66,9 @@ pub struct Fetched {
 #[derive(Debug)]
 pub struct RequestContext {
     request_id: HeaderValue,
-    route: Option<Route>,
+    route: Option<&'static str>,
     key_id: Option<KeyId>,
+    client: Option<Arc<str>>,
     cache: CacheStatus,
     upstream: Option<Duration>,
     coalesced: bool,
@@ -67,23 +79,32 @@ pub struct RequestContext {
 /// Serves one request. Never fails and never panics on input: every refusal is a JSON answer.
 pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<Body>, Infallible>
 where
-    B: hyper::body::Body,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
     let mut ctx = RequestContext {
-        request_id: request_id(req.headers()),
+        request_id: request_id(&parts.headers),
         route: None,
         key_id: None,
+        client: None,
         cache: CacheStatus::None,
         upstream: None,
         coalesced: false,
         stale_reason: None,
     };
-    let head = req.method() == Method::HEAD;
-    let deadline = state.config.server.request_timeout;
-    let outcome = match tokio::time::timeout(deadline, serve(&state, &req, &mut ctx)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(ProxyError::RequestTimeout),
+    let head = parts.method == Method::HEAD;
+    let outcome = match state.cors.preflight(&parts.method, &parts.headers) {
+        Preflight::Allowed => Ok(state.cors.preflight_response(&parts.headers)),
+        Preflight::Refused => Err(ProxyError::OriginNotAllowed),
+        Preflight::NotPreflight => {
+            let deadline = state.config.server.request_timeout;
+            match tokio::time::timeout(deadline, serve(&state, &parts, body, &mut ctx)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ProxyError::RequestTimeout),
+            }
+        }
     };
     let metrics = &state.metrics;
     let (mut response, reason) = match outcome {
@@ -112,8 +133,9 @@ where
     }
     let bytes = response.body().size_hint().exact().unwrap_or(0);
     response::finish(&mut response, ctx.request_id.clone());
+    state.cors.decorate(&parts.headers, &mut response);
     let duration = started.elapsed();
-    let route = ctx.route.map_or("none", |r| r.name());
+    let route = ctx.route.unwrap_or("none");
     metrics.request(
         RequestLabels {
             route,
@@ -124,9 +146,10 @@ where
     );
     access_log::emit(&AccessRecord {
         request_id: ctx.request_id.to_str().unwrap_or("-"),
-        method: req.method().as_str(),
-        path: req.uri().path(),
-        route: ctx.route.map(|r| r.name()),
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        route: ctx.route,
+        client: ctx.client.as_deref(),
         status: response.status().as_u16(),
         cache: ctx.cache.as_str(),
         duration,
@@ -139,65 +162,96 @@ where
     Ok(response)
 }
 
-/// What a lookup needs to reach the upstream on behalf of one caller.
+async fn serve<B>(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    body: B,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, ProxyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // 1. Request filter.
+    let route = route::route(&parts.method, parts.uri.path(), parts.uri.query())
+        .map_err(ProxyError::Route)?;
+    ctx.route = Some(route.name());
+    let caller = state
+        .auth
+        .authenticate(&parts.headers, &state.fingerprinter)
+        .map_err(ProxyError::Auth)?;
+    ctx.key_id = Some(caller.key_id);
+    ctx.client = caller.client.clone();
+    if route.is_write() && !caller.can_write {
+        return Err(ProxyError::Forbidden(
+            "this client may only read; creating, changing and deleting need the write scope",
+        ));
+    }
+    if !route.is_write() && !caller.can_read {
+        return Err(ProxyError::Forbidden(
+            "this client may only write; reading needs the read scope",
+        ));
+    }
+    state
+        .shield
+        .check_request(&caller.limit_key)
+        .map_err(ProxyError::Refused)?;
+
+    let resource = match route {
+        Route::Get(id) => Resource::PhoneNumber(id),
+        Route::List(kind, query) => Resource::List(kind, Arc::from(query)),
+        Route::Create => return write(state, parts, body, &caller, Write::Create, ctx).await,
+        Route::Update(id) => {
+            return write(state, parts, body, &caller, Write::Update(id), ctx).await;
+        }
+        Route::Delete(id) => {
+            return write(state, parts, body, &caller, Write::Delete(id), ctx).await;
+        }
+    };
+    if !body.is_end_stream() {
+        return Err(ProxyError::BodyNotAllowed);
+    }
+    read(state, parts, resource, caller, ctx).await
+}
+
+/// What a cacheable read needs to reach the upstream on behalf of one caller.
 #[derive(Clone)]
 struct Lookup {
     key: CacheKey,
-    id: Uuid,
+    limit_key: crate::credential::Fingerprint,
     authorization: HeaderValue,
     request_id: HeaderValue,
 }
 
-async fn serve<B>(
+/// Phases 2-7 for the GET routes.
+async fn read(
     state: &Arc<AppState>,
-    req: &Request<B>,
+    parts: &Parts,
+    resource: Resource,
+    caller: Caller,
     ctx: &mut RequestContext,
-) -> Result<Response<Body>, ProxyError>
-where
-    B: hyper::body::Body,
-{
-    // 1. Request filter.
-    let route = route::route(req.method(), req.uri().path()).map_err(ProxyError::Route)?;
-    ctx.route = Some(route);
-    if !req.body().is_end_stream() {
-        return Err(ProxyError::BodyNotAllowed);
-    }
-    let token = credential::bearer_token(req.headers().get_all(AUTHORIZATION).iter())
-        .map_err(ProxyError::Auth)?;
-    let fingerprint = state.fingerprinter.fingerprint(token);
-    ctx.key_id = Some(fingerprint.key_id());
-    state
-        .shield
-        .check_request(&fingerprint)
-        .map_err(ProxyError::Refused)?;
-    let Route::GetPhoneNumber(id) = route;
-    let head = req.method() == Method::HEAD;
+) -> Result<Response<Body>, ProxyError> {
+    let head = parts.method == Method::HEAD;
     let respond = |entry: &Entry, cache: CacheStatus| {
-        response::from_entry(entry, head, cache, req.headers(), Instant::now())
+        response::from_entry(entry, head, cache, &parts.headers, Instant::now())
     };
 
     // 2. Cache key.
     let key = CacheKey {
-        id,
-        credential: fingerprint,
+        resource,
+        credential: caller.upstream_key,
     };
-    // bearer_token accepted exactly one Authorization header, so this is that header.
-    let authorization = req
-        .headers()
-        .get(AUTHORIZATION)
-        .cloned()
-        .ok_or(ProxyError::FetcherVanished)?;
     let lookup = Lookup {
         key,
-        id,
-        authorization,
+        limit_key: caller.limit_key,
+        authorization: caller.upstream_authorization,
         request_id: ctx.request_id.clone(),
     };
 
     // 3. Cache lookup: fresh is a hit; within stale-while-revalidate, the old answer now and one
     // refresh in the background; within stale-if-error, a stand-in should the upstream fail.
     let mut stand_in = None;
-    if let Some(entry) = state.cache.get(&key) {
+    if let Some(entry) = state.cache.get(&lookup.key) {
         match entry.staleness(Instant::now(), &state.lifetimes) {
             Staleness::Fresh => {
                 ctx.cache = CacheStatus::Hit;
@@ -248,8 +302,7 @@ async fn fetch(
     lookup: Lookup,
     ctx: &mut RequestContext,
 ) -> Result<Arc<Entry>, ProxyError> {
-    let key = lookup.key;
-    let inflight = match state.inflight.get(&key) {
+    let inflight = match state.inflight.get(&lookup.key) {
         // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
         Some(inflight) => {
             ctx.coalesced = true;
@@ -258,10 +311,15 @@ async fn fetch(
         None => {
             let pass = state
                 .shield
-                .admit(&key.credential, Instant::now(), true)
+                .admit(
+                    Some(&lookup.limit_key),
+                    &lookup.key.credential,
+                    Instant::now(),
+                )
                 .map_err(ProxyError::Refused)?;
+            let key = lookup.key.clone();
             let task = fetch_task(Arc::clone(state), lookup, pass);
-            let (inflight, role) = state.inflight.join_or_start(key, task);
+            let (inflight, role) = state.inflight.join_or_start(key.clone(), task);
             if role == Role::Follower {
                 // Someone started the same fetch between our check and now.
                 state.shield.release(&key.credential, pass);
@@ -284,15 +342,18 @@ async fn fetch(
 /// Starts one background refresh of a stale entry, unless one is already in flight or the
 /// shield says no (cool-down, open breaker): then the stale entry simply keeps serving.
 fn refresh_in_background(state: &Arc<AppState>, lookup: Lookup) {
-    let key = lookup.key;
-    if state.inflight.get(&key).is_some() {
+    if state.inflight.get(&lookup.key).is_some() {
         return;
     }
-    let Ok(pass) = state.shield.admit(&key.credential, Instant::now(), false) else {
+    let Ok(pass) = state
+        .shield
+        .admit(None, &lookup.key.credential, Instant::now())
+    else {
         return;
     };
+    let key = lookup.key.clone();
     let task = fetch_task(Arc::clone(state), lookup, pass);
-    let (_inflight, role) = state.inflight.join_or_start(key, task);
+    let (_inflight, role) = state.inflight.join_or_start(key.clone(), task);
     if role == Role::Follower {
         state.shield.release(&key.credential, pass);
     }
@@ -301,27 +362,75 @@ fn refresh_in_background(state: &Arc<AppState>, lookup: Lookup) {
 /// The one upstream call for a key: waits for a slot, calls, filters, reports to the shield, and
 /// stores the answer before any waiter sees it.
 async fn fetch_task(state: Arc<AppState>, lookup: Lookup, pass: Pass) -> Fetched {
-    let credential = lookup.key.credential;
+    let epoch = state.write_epoch();
+    let ttls = Ttls {
+        ok: state.lifetimes.ok_for(&lookup.key.resource),
+        not_found: state.lifetimes.not_found,
+    };
+    let path = lookup.key.resource.upstream_path();
+    let (result, upstream) = call_upstream(
+        &state,
+        Method::GET,
+        &path,
+        &lookup.authorization,
+        &lookup.request_id,
+        None,
+        &lookup.key.credential,
+        pass,
+        ttls,
+    )
+    .await;
+    match &result {
+        // A write since this fetch began may have changed the answer: serve it, but do not keep it.
+        Ok(entry) if entry.is_cacheable() && state.write_epoch() == epoch => {
+            state.cache.insert(lookup.key, Arc::clone(entry))
+        }
+        // The credential lost access: whatever it could read before must not be served stale.
+        Ok(entry)
+            if entry.status == StatusCode::UNAUTHORIZED
+                || entry.status == StatusCode::FORBIDDEN =>
+        {
+            state.cache.invalidate(&lookup.key)
+        }
+        _ => {}
+    }
+    Fetched { result, upstream }
+}
+
+/// One gated upstream exchange: slot, call, response filter, shield and metrics bookkeeping.
+#[allow(clippy::too_many_arguments)]
+async fn call_upstream(
+    state: &AppState,
+    method: Method,
+    path: &str,
+    authorization: &HeaderValue,
+    request_id: &HeaderValue,
+    body: Option<Bytes>,
+    upstream_key: &crate::credential::Fingerprint,
+    pass: Pass,
+    ttls: Ttls,
+) -> (Result<Arc<Entry>, ProxyError>, Option<Duration>) {
     let slot = match state.shield.slot().await {
         Ok(slot) => slot,
         Err(refusal) => {
-            state.shield.release(&credential, pass);
-            return Fetched {
-                result: Err(ProxyError::Refused(refusal)),
-                upstream: None,
-            };
+            state.shield.release(upstream_key, pass);
+            return (Err(ProxyError::Refused(refusal)), None);
         }
     };
     let started = Instant::now();
     let result = match state
         .upstream
-        .get_phone_number(lookup.id, &lookup.authorization, &lookup.request_id)
+        .call(method, path, authorization, request_id, body)
         .await
     {
-        Ok(answer) => {
-            response_filter::filter(answer, &state.policy, &state.lifetimes, Instant::now())
-                .map(Arc::new)
-        }
+        Ok(answer) => response_filter::filter(
+            answer,
+            &state.policy,
+            ttls,
+            state.scrub.as_deref(),
+            Instant::now(),
+        )
+        .map(Arc::new),
         Err(e) => Err(e.into()),
     };
     let elapsed = started.elapsed();
@@ -338,22 +447,155 @@ async fn fetch_task(state: Arc<AppState>, lookup: Lookup, pass: Pass) -> Fetched
     }
     state
         .shield
-        .record(credential, pass, Health::of(&result), Instant::now());
-    match &result {
-        Ok(entry) if entry.is_cacheable() => state.cache.insert(lookup.key, Arc::clone(entry)),
-        // The credential lost access: whatever it could read before must not be served stale.
-        Ok(entry)
-            if entry.status == StatusCode::UNAUTHORIZED
-                || entry.status == StatusCode::FORBIDDEN =>
-        {
-            state.cache.invalidate(&lookup.key)
+        .record(*upstream_key, pass, Health::of(&result), Instant::now());
+    (result, Some(elapsed))
+}
+
+/// A write route.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    Create,
+    Update(Uuid),
+    Delete(Uuid),
+}
+
+/// POST, PATCH and DELETE: check the body, forward it unchanged, redact the answer, and on
+/// success drop what the write made stale.
+async fn write<B>(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    body: B,
+    caller: &Caller,
+    op: Write,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, ProxyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    ctx.cache = CacheStatus::Bypass;
+    let (method, path, body) = match op {
+        Write::Create => (
+            Method::POST,
+            "/phone-number".to_owned(),
+            Some(json_body(state, parts, body).await?),
+        ),
+        Write::Update(id) => (
+            Method::PATCH,
+            format!("/phone-number/{}", id.hyphenated()),
+            Some(json_body(state, parts, body).await?),
+        ),
+        Write::Delete(id) => {
+            if !body.is_end_stream() {
+                return Err(ProxyError::BadBody("DELETE requests must not carry a body"));
+            }
+            (
+                Method::DELETE,
+                format!("/phone-number/{}", id.hyphenated()),
+                None,
+            )
         }
-        _ => {}
+    };
+    let pass = state
+        .shield
+        .admit(
+            Some(&caller.limit_key),
+            &caller.upstream_key,
+            Instant::now(),
+        )
+        .map_err(ProxyError::Refused)?;
+    // The exchange runs as its own task: if the caller hangs up mid-write, the write still
+    // completes upstream, so the invalidation below must still happen.
+    let task_state = Arc::clone(state);
+    let caller = caller.clone();
+    let request_id = ctx.request_id.clone();
+    let task = tokio::spawn(async move {
+        let state = task_state;
+        let (result, upstream) = call_upstream(
+            &state,
+            method,
+            &path,
+            &caller.upstream_authorization,
+            &request_id,
+            body,
+            &caller.upstream_key,
+            pass,
+            Ttls::default(),
+        )
+        .await;
+        if matches!(&result, Ok(entry) if entry.status.is_success()) {
+            invalidate_after_write(&state, op, &caller);
+        }
+        (result, upstream)
+    });
+    let (result, upstream) = task.await.map_err(|_| ProxyError::FetcherVanished)?;
+    ctx.upstream = upstream;
+    let entry = result?;
+    Ok(response::from_entry(
+        &entry,
+        false,
+        ctx.cache,
+        &HeaderMap::new(),
+        Instant::now(),
+    ))
+}
+
+/// After a successful write: every cached entry of that phone number, whichever credential
+/// fetched it, and the caller's cached lists.
+fn invalidate_after_write(state: &AppState, op: Write, caller: &Caller) {
+    state.bump_write_epoch();
+    let id = match op {
+        Write::Update(id) | Write::Delete(id) => Some(id),
+        Write::Create => None,
+    };
+    let credential = caller.upstream_key;
+    state.cache.invalidate_where(|key| match &key.resource {
+        Resource::PhoneNumber(entry_id) => Some(*entry_id) == id,
+        Resource::List(..) => key.credential == credential,
+    });
+}
+
+/// Reads and checks a write's body: JSON by content type and by content, within the size cap,
+/// and free of the redaction placeholder (which would overwrite a real secret upstream).
+async fn json_body<B>(state: &AppState, parts: &Parts, body: B) -> Result<Bytes, ProxyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let is_json = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ProxyError::BadBody(
+            "the content-type must be application/json",
+        ));
     }
-    Fetched {
-        result,
-        upstream: Some(elapsed),
+    let limit = state.config.server.max_request_body_bytes;
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                ProxyError::BodyTooLarge
+            } else {
+                ProxyError::BadBody("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| ProxyError::BadBody("the request body must be valid JSON"))?;
+    if !value.is_object() {
+        return Err(ProxyError::BadBody(
+            "the request body must be a JSON object",
+        ));
     }
+    if redact::contains_placeholder(&value) {
+        return Err(ProxyError::PlaceholderInBody);
+    }
+    Ok(bytes)
 }
 
 /// The caller's `x-request-id` if it is sane (short, token characters only), else a new UUID.

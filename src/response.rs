@@ -39,6 +39,8 @@ pub enum CacheStatus {
     Miss,
     /// An entry past its TTL, served while it is refreshed or because the upstream failed.
     Stale,
+    /// A write: forwarded, never cached.
+    Bypass,
     /// The request never reached the cache (refused before it); no `x-cache` header is sent.
     None,
 }
@@ -50,6 +52,7 @@ impl CacheStatus {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Stale => "stale",
+            CacheStatus::Bypass => "bypass",
             CacheStatus::None => "none",
         }
     }
@@ -59,6 +62,7 @@ impl CacheStatus {
             CacheStatus::Hit => Some(HeaderValue::from_static("hit")),
             CacheStatus::Miss => Some(HeaderValue::from_static("miss")),
             CacheStatus::Stale => Some(HeaderValue::from_static("stale")),
+            CacheStatus::Bypass => Some(HeaderValue::from_static("bypass")),
             CacheStatus::None => None,
         }
     }
@@ -122,8 +126,8 @@ pub fn from_error(error: &ProxyError, head: bool) -> Response<Body> {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
     match error {
-        ProxyError::Route(RouteError::MethodNotAllowed) => {
-            headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        ProxyError::Route(RouteError::MethodNotAllowed(allow)) => {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
         }
         ProxyError::Auth(_) => {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

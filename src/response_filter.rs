@@ -9,19 +9,30 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
-use crate::cache::{Entry, Lifetimes};
+use crate::cache::Entry;
 use crate::error::{ProxyError, json_error_body};
 
 /// The message replacing an upstream error body that could not be relayed.
 pub const ERROR_PAGE_MESSAGE: &str =
     "the upstream API answered with an error page that was not JSON";
-use crate::redact::{Policy, RedactError};
+use crate::redact::{PLACEHOLDER, Policy, RedactError};
 use crate::upstream::UpstreamResponse;
 
-/// Redacts and classifies one upstream answer.
+/// How long a 200 and a 404 of this answer may be cached; zero means never.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ttls {
+    /// For a 200.
+    pub ok: Duration,
+    /// For a 404.
+    pub not_found: Duration,
+}
+
+/// Redacts and classifies one upstream answer. `scrub` is a literal that must never be relayed
+/// (managed mode's upstream key, should an error body echo the request): every string containing
+/// it has it replaced by the placeholder.
 ///
-/// - 2xx: must be JSON the policy can redact, else 502; a 200 is cacheable for `fresh.ok`.
-/// - 404: redacted and cacheable for `fresh.not_found`.
+/// - 2xx: must be JSON the policy can redact, else 502; a 200 is cacheable for `ttls.ok`.
+/// - 404: redacted and cacheable for `ttls.not_found`.
 /// - other 4xx/5xx: redacted and relayed, never cached; a body that is not JSON (a CDN's HTML
 ///   page, or one over the size cap) is replaced by phonegate's own JSON error with the same
 ///   status, keeping the upstream's `Retry-After`.
@@ -29,13 +40,14 @@ use crate::upstream::UpstreamResponse;
 pub fn filter(
     upstream: UpstreamResponse,
     policy: &Policy,
-    fresh: &Lifetimes,
+    ttls: Ttls,
+    scrub: Option<&str>,
     now: Instant,
 ) -> Result<Entry, ProxyError> {
     let status = upstream.status;
     let fresh_for = match status {
-        StatusCode::OK => fresh.ok,
-        StatusCode::NOT_FOUND => fresh.not_found,
+        StatusCode::OK => ttls.ok,
+        StatusCode::NOT_FOUND => ttls.not_found,
         _ => Duration::ZERO,
     };
     if !(status.is_success() || status.is_client_error() || status.is_server_error()) {
@@ -43,7 +55,7 @@ pub fn filter(
             "the upstream answered with an unexpected status",
         ));
     }
-    let body = match redact_body(&upstream.body, policy) {
+    let body = match redact_body(&upstream.body, policy, scrub) {
         Ok(body) => body,
         Err(why) if status.is_success() => return Err(ProxyError::BadUpstreamBody(why)),
         Err(_) => json_error_body(status, ERROR_PAGE_MESSAGE),
@@ -60,7 +72,7 @@ pub fn filter(
 }
 
 /// Parses, redacts and re-serialises a body; the error says why it cannot be relayed.
-fn redact_body(raw: &[u8], policy: &Policy) -> Result<Bytes, &'static str> {
+fn redact_body(raw: &[u8], policy: &Policy, scrub: Option<&str>) -> Result<Bytes, &'static str> {
     let mut value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
         // serde_json stops at 128 levels of nesting with a syntax-class error of its own.
         if e.to_string().contains("recursion limit") {
@@ -72,9 +84,34 @@ fn redact_body(raw: &[u8], policy: &Policy) -> Result<Bytes, &'static str> {
     policy.redact(&mut value).map_err(|e| match e {
         RedactError::TooDeep { .. } => "the upstream answer was nested too deeply",
     })?;
+    if let Some(literal) = scrub.filter(|l| !l.is_empty()) {
+        scrub_literal(&mut value, literal);
+    }
     serde_json::to_vec(&value)
         .map(Bytes::from)
         .map_err(|_| "the upstream answer could not be re-encoded")
+}
+
+/// Replaces `literal` inside every string (and object key) of `value`. Depth was checked by the
+/// redaction pass before this runs.
+fn scrub_literal(value: &mut serde_json::Value, literal: &str) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains(literal) => *s = s.replace(literal, PLACEHOLDER),
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_literal(v, literal)),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains(literal)) {
+                let old = std::mem::take(map);
+                for (k, mut v) in old {
+                    scrub_literal(&mut v, literal);
+                    map.insert(k.replace(literal, PLACEHOLDER), v);
+                }
+            } else {
+                map.values_mut().for_each(|v| scrub_literal(v, literal));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A strong validator over the redacted bytes: equal bodies, equal tags, across replicas too.
@@ -100,15 +137,11 @@ mod tests {
         }
     }
 
-    const LIFETIMES: Lifetimes = Lifetimes {
-        ok: Duration::from_secs(60),
-        not_found: Duration::from_secs(5),
-        stale_while_revalidate: Duration::ZERO,
-        stale_if_error: Duration::ZERO,
-    };
-
-    fn fresh() -> &'static Lifetimes {
-        &LIFETIMES
+    fn fresh() -> Ttls {
+        Ttls {
+            ok: Duration::from_secs(60),
+            not_found: Duration::from_secs(5),
+        }
     }
 
     #[test]
@@ -117,6 +150,7 @@ mod tests {
             upstream(200, FIXTURE),
             &Policy::default(),
             fresh(),
+            None,
             Instant::now(),
         )
         .unwrap();
@@ -130,6 +164,7 @@ mod tests {
             upstream(200, FIXTURE),
             &Policy::default(),
             fresh(),
+            None,
             Instant::now(),
         )
         .unwrap();
@@ -143,6 +178,7 @@ mod tests {
             upstream(404, body),
             &Policy::default(),
             fresh(),
+            None,
             Instant::now(),
         )
         .unwrap();
@@ -153,6 +189,7 @@ mod tests {
                 upstream(status, body),
                 &Policy::default(),
                 fresh(),
+                None,
                 Instant::now(),
             )
             .unwrap();
@@ -167,6 +204,7 @@ mod tests {
                 upstream(200, body),
                 &Policy::default(),
                 fresh(),
+                None,
                 Instant::now(),
             )
             .unwrap_err();
@@ -177,6 +215,7 @@ mod tests {
             upstream(200, &deep),
             &Policy::default(),
             fresh(),
+            None,
             Instant::now(),
         )
         .unwrap_err();
@@ -190,7 +229,7 @@ mod tests {
     fn html_error_pages_are_replaced_with_the_same_status() {
         let mut answer = upstream(429, "<html>Cloudflare</html>");
         answer.retry_after = Some(HeaderValue::from_static("7"));
-        let e = filter(answer, &Policy::default(), fresh(), Instant::now()).unwrap();
+        let e = filter(answer, &Policy::default(), fresh(), None, Instant::now()).unwrap();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(!e.is_cacheable());
         assert_eq!(e.retry_after, Some(HeaderValue::from_static("7")));
@@ -207,10 +246,27 @@ mod tests {
             upstream(400, body),
             &Policy::default(),
             fresh(),
+            None,
             Instant::now(),
         )
         .unwrap();
         assert!(!String::from_utf8_lossy(&e.body).contains("leak-me"));
+    }
+
+    #[test]
+    fn a_scrubbed_literal_never_survives() {
+        let body = r#"{"message":"bad key Bearer sk-upstream-123","echo":{"sk-upstream-123":1}}"#;
+        let e = filter(
+            upstream(400, body),
+            &Policy::default(),
+            fresh(),
+            Some("sk-upstream-123"),
+            Instant::now(),
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&e.body);
+        assert!(!text.contains("sk-upstream-123"), "{text}");
+        assert!(text.contains("bad key Bearer [REDACTED]"), "{text}");
     }
 
     #[test]
@@ -219,6 +275,7 @@ mod tests {
             upstream(302, "{}"),
             &Policy::default(),
             fresh(),
+            None,
             Instant::now(),
         )
         .unwrap_err();

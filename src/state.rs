@@ -1,11 +1,13 @@
 //! The state shared by every request, built once at start-up and handed around as an `Arc`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::auth::Authenticator;
 use crate::cache::coalesce::Coalescer;
 use crate::cache::{CacheKey, Lifetimes, ResponseCache};
-use crate::config::Config;
+use crate::config::{AuthConfig, Config};
+use crate::cors::Cors;
 use crate::credential::Fingerprinter;
 use crate::metrics::Metrics;
 use crate::proxy::Fetched;
@@ -34,6 +36,15 @@ pub struct AppState {
     pub shield: Shield,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Who callers are and which credential goes upstream.
+    pub auth: Authenticator,
+    /// CORS policy for browser callers.
+    pub cors: Cors,
+    /// A literal no answer may carry: managed mode's upstream key.
+    pub scrub: Option<String>,
+    /// Bumped by every successful write; a fetch that started before a write does not store its
+    /// (possibly pre-write) answer.
+    write_epoch: AtomicU64,
     draining: AtomicBool,
 }
 
@@ -44,6 +55,8 @@ pub enum StateError {
     Tls(TlsError),
     /// The OS random source failed (needed for a per-process fingerprint key).
     Random(String),
+    /// The auth settings could not be used.
+    Auth(String),
 }
 
 impl std::fmt::Display for StateError {
@@ -51,6 +64,7 @@ impl std::fmt::Display for StateError {
         match self {
             StateError::Tls(e) => e.fmt(f),
             StateError::Random(e) => write!(f, "cannot generate a random cache.key_secret: {e}"),
+            StateError::Auth(e) => f.write_str(e),
         }
     }
 }
@@ -66,10 +80,20 @@ impl AppState {
         let lifetimes = Lifetimes {
             ok: config.cache.ttl,
             not_found: config.cache.negative_ttl,
+            list: config.cache.list_ttl,
             stale_while_revalidate: config.cache.stale_while_revalidate,
             stale_if_error: config.cache.stale_if_error,
         };
+        let auth = Authenticator::new(&config.auth, &fingerprinter).map_err(StateError::Auth)?;
+        let scrub = match &config.auth {
+            AuthConfig::Managed { api_key, .. } => Some(api_key.clone()),
+            AuthConfig::Passthrough => None,
+        };
         Ok(Arc::new(AppState {
+            auth,
+            cors: Cors::new(&config.cors_allowed_origins),
+            scrub,
+            write_epoch: AtomicU64::new(0),
             cache: ResponseCache::new(config.cache.max_bytes, lifetimes.stale_window()),
             shield: Shield::new(&config.shield),
             metrics: Metrics::new(),
@@ -86,6 +110,16 @@ impl AppState {
     /// Whether shutdown has begun (readiness answers 503 from then on).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The current write epoch.
+    pub fn write_epoch(&self) -> u64 {
+        self.write_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records a successful write (see `write_epoch`).
+    pub fn bump_write_epoch(&self) {
+        self.write_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Marks the start of shutdown.

@@ -9,14 +9,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, USER_AGENT};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use uuid::Uuid;
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
@@ -70,7 +69,7 @@ impl From<UpstreamError> for ProxyError {
 /// The pooled upstream client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base_url: String,
     timeout: Duration,
     max_body_bytes: usize,
@@ -101,28 +100,34 @@ impl Upstream {
         })
     }
 
-    /// `GET {base}/phone-number/{id}` with the caller's credential.
-    pub async fn get_phone_number(
+    /// `method {base}{path_and_query}` with `authorization`; `body` (JSON) for writes.
+    ///
+    /// `path_and_query` comes from a parsed route (a UUID or a canonical query), never from the
+    /// caller's raw request target.
+    pub async fn call(
         &self,
-        id: Uuid,
+        method: Method,
+        path_and_query: &str,
         authorization: &HeaderValue,
         request_id: &HeaderValue,
+        body: Option<Bytes>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let uri = format!("{}/phone-number/{}", self.base_url, id.hyphenated());
+        let uri = format!("{}{}", self.base_url, path_and_query);
+        let mut headers = upstream_headers(authorization, request_id);
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
         let mut request = Request::builder()
-            .method(Method::GET)
+            .method(method)
             .uri(uri)
-            .body(Empty::new())
-            // The base URL was validated at start-up and the id is a parsed UUID.
+            .body(Full::new(body.unwrap_or_default()))
+            // The base URL was validated at start-up and the path comes from a parsed route.
             .map_err(|_| UpstreamError::Failed)?;
-        *request.headers_mut() = upstream_headers(authorization, request_id);
+        *request.headers_mut() = headers;
         self.send(request).await
     }
 
-    async fn send(
-        &self,
-        request: Request<Empty<Bytes>>,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<UpstreamResponse, UpstreamError> {
         let exchange = async {
             let mut body_bytes = Bytes::new();
             let response = self.client.request(request).await.map_err(|e| {
@@ -169,9 +174,9 @@ impl Upstream {
     }
 }
 
-/// The complete header set of an upstream request. Only these go upstream: the caller's
-/// credential, the request id, and our own `accept` and `user-agent`. `host` is set by the client
-/// from the URL.
+/// The header set of an upstream request. Only these go upstream: the credential, the request
+/// id, and our own `accept` and `user-agent` (plus `content-type` on writes). `host` is set by the
+/// client from the URL.
 pub fn upstream_headers(authorization: &HeaderValue, request_id: &HeaderValue) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(4);
     let mut auth = authorization.clone();

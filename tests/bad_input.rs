@@ -70,39 +70,73 @@ async fn missing_or_malformed_credentials_get_401_without_an_upstream_call() {
 #[tokio::test]
 async fn other_paths_ids_and_methods_are_refused() {
     let (mock, proxy) = setup().await;
-    let cases: &[(Method, String, u16)] = &[
-        (Method::GET, "/".into(), 404),
-        (Method::GET, "/phone-number".into(), 404),
+    let cases: &[(Method, String, u16, Option<&str>)] = &[
+        (Method::GET, "/".into(), 404, None),
+        (Method::GET, "/phone-numbers".into(), 404, None),
         (
             Method::GET,
             "/assistant/8f2b6c1e-4d3a-4b7e-9c21-5a0e7d3f9b44".into(),
             404,
+            None,
         ),
-        (Method::GET, format!("{}/extra", path(TWILIO_ID)), 404),
-        (Method::GET, format!("{}/", path(TWILIO_ID)), 404),
-        (Method::GET, "/phone-number/not-a-uuid".into(), 400),
+        (Method::GET, format!("{}/extra", path(TWILIO_ID)), 404, None),
+        (Method::GET, format!("{}/", path(TWILIO_ID)), 404, None),
+        (Method::GET, "/phone-number/not-a-uuid".into(), 400, None),
         (
             Method::GET,
             "/phone-number/3b1f6a528c7e4d19a2f46e0b9c3d7a15".into(),
             400,
+            None,
         ),
         (
             Method::GET,
             "/phone-number/{3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15}".into(),
             400,
+            None,
         ),
-        (Method::POST, path(TWILIO_ID), 405),
-        (Method::PUT, path(TWILIO_ID), 405),
-        (Method::DELETE, path(TWILIO_ID), 405),
-        (Method::PATCH, path(TWILIO_ID), 405),
-        (Method::OPTIONS, path(TWILIO_ID), 405),
+        (Method::GET, "/phone-number?limit=5000".into(), 400, None),
+        (Method::GET, "/phone-number?page=2".into(), 400, None),
+        (
+            Method::GET,
+            "/v2/phone-number?sortBy=name".into(),
+            400,
+            None,
+        ),
+        (
+            Method::POST,
+            path(TWILIO_ID),
+            405,
+            Some("GET, HEAD, PATCH, DELETE"),
+        ),
+        (
+            Method::PUT,
+            path(TWILIO_ID),
+            405,
+            Some("GET, HEAD, PATCH, DELETE"),
+        ),
+        (
+            Method::OPTIONS,
+            path(TWILIO_ID),
+            405,
+            Some("GET, HEAD, PATCH, DELETE"),
+        ),
+        (
+            Method::PUT,
+            "/phone-number".into(),
+            405,
+            Some("GET, HEAD, POST"),
+        ),
+        (
+            Method::DELETE,
+            "/v2/phone-number".into(),
+            405,
+            Some("GET, HEAD"),
+        ),
     ];
-    for (method, p, expect) in cases {
+    for (method, p, expect, allow) in cases {
         let resp = get_with(&proxy, method.clone(), p, Some(TOKEN_A), &[]).await;
         assert_json_error(resp.status, &resp.json(), *expect);
-        if *expect == 405 {
-            assert_eq!(resp.header("allow"), Some("GET, HEAD"), "{method} {p}");
-        }
+        assert_eq!(resp.header("allow"), *allow, "{method} {p}");
     }
     assert_eq!(mock.hits(), 0, "nothing reached the upstream");
 }

@@ -358,7 +358,9 @@ async fn the_cache_holds_only_redacted_bytes() {
         let state = &proxy.state;
         for (provider, id) in FIXTURE_IDS {
             let key = CacheKey {
-                id: uuid::Uuid::parse_str(id).unwrap(),
+                resource: phonegate::cache::Resource::PhoneNumber(
+                    uuid::Uuid::parse_str(id).unwrap(),
+                ),
                 credential: state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
             };
             assert!(

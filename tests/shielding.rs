@@ -178,7 +178,9 @@ async fn a_background_refresh_is_coalesced_with_a_foreground_miss() {
     // While the refresh runs, a caller that must wait (HEAD with no entry? no: same key) joins it:
     // evict the stale entry so the next caller is a foreground miss for the same key.
     proxy.state.cache.invalidate(&phonegate::cache::CacheKey {
-        id: uuid::Uuid::parse_str(TWILIO_ID).unwrap(),
+        resource: phonegate::cache::Resource::PhoneNumber(
+            uuid::Uuid::parse_str(TWILIO_ID).unwrap(),
+        ),
         credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
     });
     let miss = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;

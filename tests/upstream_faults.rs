@@ -120,7 +120,9 @@ async fn a_refused_connection_is_a_502() {
     }
     // Nothing was cached for the key.
     let key = phonegate::cache::CacheKey {
-        id: uuid::Uuid::parse_str(TWILIO_ID).unwrap(),
+        resource: phonegate::cache::Resource::PhoneNumber(
+            uuid::Uuid::parse_str(TWILIO_ID).unwrap(),
+        ),
         credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
     };
     assert!(proxy.state.cache.get_fresh(&key, Instant::now()).is_none());

@@ -14,24 +14,53 @@ use moka::sync::Cache;
 use uuid::Uuid;
 
 use crate::credential::Fingerprint;
+use crate::query::ListKind;
 
 /// What a cached answer is filed under.
 ///
 /// Getting this wrong leads to cache poisoning or to one caller reading another's data, so each
 /// part is here on purpose:
-/// - `id`: the phone number, parsed, so `ABC...` and `abc...` are one entry and nothing that is
-///   not a UUID (a query string, a trailing slash) can ever be part of a key;
-/// - `credential`: the keyed fingerprint of the caller's token. Answers depend on the credential
+/// - `resource`: what was asked for, parsed: a phone number by its UUID (so `ABC...` and `abc...`
+///   are one entry), or a list by its canonical query. Nothing the upstream does not see is part
+///   of it: on the single-number route the query string is not forwarded, so it cannot change the
+///   answer, and leaving it out stops `?x=random` from busting the cache;
+/// - `credential`: the keyed fingerprint of the credential sent upstream. Answers depend on it
 ///   (its org, or a 401), so an answer fetched with one credential is never served to another.
-///
-/// The query string is deliberately absent: it is not forwarded, so it cannot change the answer,
-/// and leaving it out stops `?x=random` from busting the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    /// The phone number id.
-    pub id: Uuid,
-    /// The caller's credential fingerprint.
+    /// What was asked for.
+    pub resource: Resource,
+    /// Fingerprint of the credential sent upstream.
     pub credential: Fingerprint,
+}
+
+/// A cacheable upstream resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// `GET /phone-number/{id}`.
+    PhoneNumber(Uuid),
+    /// `GET /phone-number` or `/v2/phone-number` with a canonical query string.
+    List(ListKind, Arc<str>),
+}
+
+impl Resource {
+    /// The upstream path and query for this resource.
+    pub fn upstream_path(&self) -> String {
+        match self {
+            Resource::PhoneNumber(id) => format!("/phone-number/{}", id.hyphenated()),
+            Resource::List(kind, query) => {
+                let path = match kind {
+                    ListKind::V1 => "/phone-number",
+                    ListKind::V2 => "/v2/phone-number",
+                };
+                if query.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{path}?{query}")
+                }
+            }
+        }
+    }
 }
 
 /// How long answers live: the fresh TTLs, then the two stale windows.
@@ -41,6 +70,8 @@ pub struct Lifetimes {
     pub ok: Duration,
     /// Freshness of a 404 (`cache.negative_ttl_secs`).
     pub not_found: Duration,
+    /// Freshness of a list's 200 (`cache.list_ttl_secs`).
+    pub list: Duration,
     /// After freshness, served stale while one refresh runs (`cache.stale_while_revalidate_secs`).
     pub stale_while_revalidate: Duration,
     /// After freshness, served stale when the upstream fails (`cache.stale_if_error_secs`).
@@ -48,6 +79,14 @@ pub struct Lifetimes {
 }
 
 impl Lifetimes {
+    /// Freshness of a 200 for `resource`.
+    pub fn ok_for(&self, resource: &Resource) -> Duration {
+        match resource {
+            Resource::PhoneNumber(_) => self.ok,
+            Resource::List(..) => self.list,
+        }
+    }
+
     /// How long past freshness an entry is kept at all.
     pub fn stale_window(&self) -> Duration {
         self.stale_while_revalidate.max(self.stale_if_error)
@@ -175,6 +214,18 @@ impl ResponseCache {
         self.inner.invalidate(key);
     }
 
+    /// Drops every entry whose key matches, and says how many went. Walks the whole cache, so it
+    /// is for writes and admin calls, not for the read path.
+    pub fn invalidate_where(&self, matches: impl Fn(&CacheKey) -> bool) -> u64 {
+        let mut removed = 0;
+        for (key, _) in self.inner.iter() {
+            if matches(&key) && self.inner.remove(&*key).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Stores `entry` if it is cacheable.
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
         if entry.is_cacheable() {
@@ -206,7 +257,7 @@ mod tests {
     fn key(id: u128, token: &[u8]) -> CacheKey {
         let f = Fingerprinter::new(Some("0123456789abcdef")).unwrap();
         CacheKey {
-            id: Uuid::from_u128(id),
+            resource: Resource::PhoneNumber(Uuid::from_u128(id)),
             credential: f.fingerprint(token),
         }
     }
@@ -258,6 +309,7 @@ mod tests {
         let lifetimes = Lifetimes {
             ok: Duration::from_secs(10),
             not_found: Duration::from_secs(5),
+            list: Duration::from_secs(10),
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(300),
         };
@@ -283,6 +335,36 @@ mod tests {
         assert!(
             cache.get(&key(1, b"alice")).is_some(),
             "kept as a stale stand-in"
+        );
+    }
+
+    #[test]
+    fn invalidate_where_counts_what_went() {
+        let cache = ResponseCache::new(1 << 20, Duration::ZERO);
+        for i in 0..4 {
+            cache.insert(key(i, b"alice"), entry("a", Duration::from_secs(60)));
+            cache.insert(key(i, b"bob"), entry("b", Duration::from_secs(60)));
+        }
+        let target = Resource::PhoneNumber(Uuid::from_u128(2));
+        assert_eq!(cache.invalidate_where(|k| k.resource == target), 2);
+        assert!(cache.get(&key(2, b"alice")).is_none());
+        assert!(cache.get(&key(1, b"alice")).is_some());
+    }
+
+    #[test]
+    fn upstream_paths_follow_the_resource() {
+        let id = Uuid::from_u128(1);
+        assert_eq!(
+            Resource::PhoneNumber(id).upstream_path(),
+            "/phone-number/00000000-0000-0000-0000-000000000001"
+        );
+        assert_eq!(
+            Resource::List(ListKind::V1, "".into()).upstream_path(),
+            "/phone-number"
+        );
+        assert_eq!(
+            Resource::List(ListKind::V2, "limit=5".into()).upstream_path(),
+            "/v2/phone-number?limit=5"
         );
     }
 

@@ -101,7 +101,8 @@ impl Shield {
         }
     }
 
-    /// The all-requests budget, checked for every request (hits included) when enabled.
+    /// The all-requests budget of the caller's limit key, checked for every request (hits
+    /// included) when enabled.
     pub fn check_request(&self, key: &Fingerprint) -> Result<(), Refusal> {
         match &self.request_limiter {
             Some(limiter) => limiter.check(key).map_err(Refusal::RequestLimit),
@@ -109,17 +110,22 @@ impl Shield {
         }
     }
 
-    /// Admits one upstream call for `key`: miss budget (when `charge`), cool-down, breaker.
+    /// Admits one upstream call: the caller's miss budget (keyed by `charge`, the caller's limit
+    /// key; `None` charges nothing), then the cool-down of `upstream_key` (the credential the call
+    /// will use upstream), then the breaker.
     ///
-    /// `charge` is false for background refreshes, which serve no caller and should not use up
-    /// a caller's budget; they are still subject to the cool-down and the breaker.
-    pub fn admit(&self, key: &Fingerprint, now: Instant, charge: bool) -> Result<Pass, Refusal> {
-        if charge {
-            if let Some(limiter) = &self.miss_limiter {
-                limiter.check(key).map_err(Refusal::MissLimit)?;
-            }
+    /// Background refreshes pass `None`: they serve no caller and should not use up a caller's
+    /// budget, but they still respect the cool-down and the breaker.
+    pub fn admit(
+        &self,
+        charge: Option<&Fingerprint>,
+        upstream_key: &Fingerprint,
+        now: Instant,
+    ) -> Result<Pass, Refusal> {
+        if let (Some(limiter), Some(key)) = (&self.miss_limiter, charge) {
+            limiter.check(key).map_err(Refusal::MissLimit)?;
         }
-        let cooldown_probe = match self.cooldowns.check(key, now) {
+        let cooldown_probe = match self.cooldowns.check(upstream_key, now) {
             Gate::Open => false,
             Gate::Probe => true,
             Gate::Cooling(left) => return Err(Refusal::CoolingDown(left)),
@@ -132,7 +138,7 @@ impl Shield {
             Err(left) => {
                 if cooldown_probe {
                     // Give the probe back so the next caller can take it when the breaker allows.
-                    self.cooldowns.release_probe(key);
+                    self.cooldowns.release_probe(upstream_key);
                 }
                 Err(Refusal::BreakerOpen(left))
             }
