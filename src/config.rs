@@ -474,6 +474,87 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The effective configuration as JSON, every secret masked: what `phonegate check-config`
+    /// prints and the admin `/config` answers.
+    pub fn to_masked_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let secs = |d: Duration| d.as_secs();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let set = |present: bool| if present { json!("(set)") } else { json!(null) };
+        let auth = match &self.auth {
+            AuthConfig::Passthrough => json!({ "mode": "passthrough", "clients": [] }),
+            AuthConfig::Managed { clients, .. } => json!({
+                "mode": "managed",
+                "clients": clients.iter().map(|c| {
+                    let mut scopes = Vec::new();
+                    if c.read { scopes.push("read"); }
+                    if c.write { scopes.push("write"); }
+                    json!({ "name": c.name, "token_sha256": "(set)", "scopes": scopes })
+                }).collect::<Vec<_>>(),
+            }),
+        };
+        let managed = matches!(self.auth, AuthConfig::Managed { .. });
+        json!({
+            "listen": self.listen.to_string(),
+            "admin": { "listen": self.admin_listen.to_string() },
+            "upstream": {
+                "url": self.upstream.base_url,
+                "timeout_ms": ms(self.upstream.timeout),
+                "max_body_bytes": self.upstream.max_body_bytes,
+                "ca_path": self.upstream.ca_path.as_ref().map(|p| p.display().to_string()),
+                "max_in_flight": self.shield.max_in_flight,
+                "queue_timeout_ms": ms(self.shield.queue_timeout),
+                "max_retry_after_secs": secs(self.shield.max_retry_after),
+                "breaker": {
+                    "failures": self.shield.breaker_failures,
+                    "open_secs": secs(self.shield.breaker_open),
+                },
+                "api_key": set(managed),
+            },
+            "cache": {
+                "ttl_secs": secs(self.cache.ttl),
+                "negative_ttl_secs": secs(self.cache.negative_ttl),
+                "list_ttl_secs": secs(self.cache.list_ttl),
+                "stale_while_revalidate_secs": secs(self.cache.stale_while_revalidate),
+                "stale_if_error_secs": secs(self.cache.stale_if_error),
+                "max_bytes": self.cache.max_bytes,
+                "key_secret": set(self.cache.key_secret.is_some()),
+            },
+            "redact": {
+                "mode": match self.redact.mode { redact::Mode::Mask => "mask", redact::Mode::Remove => "remove" },
+                "extra_fields": self.redact.extra_fields,
+                "allow_fields": self.redact.allow_fields,
+                "max_depth": self.redact.max_depth,
+            },
+            "limits": {
+                "misses_per_sec_per_key": self.shield.misses_per_sec_per_key,
+                "miss_burst": self.shield.miss_burst,
+                "requests_per_sec_per_key": self.shield.requests_per_sec_per_key,
+                "request_burst": self.shield.request_burst,
+                "max_tracked_keys": self.shield.max_tracked_keys,
+            },
+            "auth": auth,
+            "cors": { "allowed_origins": self.cors_allowed_origins },
+            "log": {
+                "format": match self.log.format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
+                "level": self.log.level,
+            },
+            "tls": {
+                "cert_path": self.tls.as_ref().map(|t| t.cert_path.display().to_string()),
+                "key_path": self.tls.as_ref().map(|t| t.key_path.display().to_string()),
+            },
+            "server": {
+                "header_timeout_ms": ms(self.server.header_timeout),
+                "drain_timeout_ms": ms(self.server.drain_timeout),
+                "max_connections": self.server.max_connections,
+                "request_timeout_ms": ms(self.server.request_timeout),
+                "max_request_body_bytes": self.server.max_request_body_bytes,
+            },
+        })
+    }
+}
+
 impl RawSettings {
     fn validate(self) -> Result<Config, ConfigError> {
         let shield = validate_shield(&self.upstream, self.limits)?;
@@ -1075,6 +1156,58 @@ mod tests {
             let err = Config::from_toml(&toml).unwrap_err().to_string();
             assert!(err.contains("upstream.url"), "{url}: {err}");
             assert!(!err.contains("pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_masked_view_hides_every_secret() {
+        let c = Config::from_toml(
+            "[cache]\nkey_secret = \"0123456789abcdef-very-secret\"\n\
+             [upstream]\napi_key = \"sk-upstream-hidden\"\n\
+             [auth]\nmode = \"managed\"\n\
+             [[auth.clients]]\nname = \"web\"\n\
+             token_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n\
+             scopes = [\"read\"]\n",
+        )
+        .unwrap();
+        let text = c.to_masked_json().to_string();
+        for secret in ["very-secret", "sk-upstream-hidden", "9f86d081"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let v = c.to_masked_json();
+        assert_eq!(v["cache"]["key_secret"], "(set)");
+        assert_eq!(v["auth"]["clients"][0]["name"], "web");
+        assert_eq!(v["cache"]["ttl_secs"], 60);
+        assert_eq!(v["upstream"]["breaker"]["failures"], 5);
+    }
+
+    #[test]
+    fn managed_mode_needs_a_key_and_clients() {
+        let err = Config::from_toml("[auth]\nmode = \"managed\"\n").unwrap_err();
+        assert!(err.to_string().contains("upstream.api_key"), "{err}");
+        let err = Config::from_toml("[upstream]\napi_key = \"k\"\n[auth]\nmode = \"managed\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("auth.clients"), "{err}");
+        let err = Config::from_toml(
+            "[upstream]\napi_key = \"k\"\n[auth]\nmode = \"managed\"\n\
+             [[auth.clients]]\nname = \"x\"\ntoken_sha256 = \"abc\"\nscopes = [\"read\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("token_sha256"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        assert!(
+            Config::from_toml("[cors]\nallowed_origins = [\"https://app.example.com\"]\n").is_ok()
+        );
+        for bad in ["app.example.com", "https://app.example.com/path", "ftp://x"] {
+            let err =
+                Config::from_toml(&format!("[cors]\nallowed_origins = [{bad:?}]\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("cors.allowed_origins"),
+                "{bad}: {err}"
+            );
         }
     }
 

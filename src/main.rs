@@ -1,10 +1,10 @@
 //! The `phonegate` binary: parse arguments, load configuration, set up logging, bind, serve until
 //! SIGTERM/SIGINT, exit. Everything else lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use phonegate::config::Config;
 use phonegate::server::{Server, StartError};
 
@@ -17,13 +17,36 @@ const EXIT_CONFIG: u8 = 64;
 #[command(version, about)]
 struct Args {
     /// Configuration file (TOML) layered over the built-in defaults.
-    #[arg(long, env = "PHONEGATE_CONFIG", value_name = "PATH")]
+    #[arg(long, env = "PHONEGATE_CONFIG", value_name = "PATH", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and print it, secrets masked; exit 0 if valid, 64 if not.
+    CheckConfig,
+    /// Print the token_sha256 to configure for a managed-mode client token read from stdin,
+    /// or, with --generate, make a new random token and print both.
+    HashToken {
+        /// Generate a new random token instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref()) {
+    match args.command {
+        Some(Command::CheckConfig) => check_config(args.config.as_deref()),
+        Some(Command::HashToken { generate }) => hash_token(generate),
+        None => run(args.config.as_deref()),
+    }
+}
+
+fn run(config_path: Option<&Path>) -> ExitCode {
+    let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(error) => return fail(EXIT_CONFIG, &error.to_string()),
     };
@@ -47,6 +70,49 @@ fn main() -> ExitCode {
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+fn check_config(config_path: Option<&Path>) -> ExitCode {
+    match Config::load(config_path) {
+        Ok(config) => match serde_json::to_string_pretty(&config.to_masked_json()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(1, &format!("cannot print the configuration: {error}")),
+        },
+        Err(error) => fail(EXIT_CONFIG, &error.to_string()),
+    }
+}
+
+fn hash_token(generate: bool) -> ExitCode {
+    let token = if generate {
+        let mut bytes = [0u8; 32];
+        if let Err(error) = getrandom::fill(&mut bytes) {
+            return fail(1, &format!("cannot generate a token: {error}"));
+        }
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        println!("token: {token}");
+        token
+    } else {
+        let mut line = String::new();
+        if let Err(error) = std::io::stdin().read_line(&mut line) {
+            return fail(1, &format!("cannot read the token from stdin: {error}"));
+        }
+        let token = line.trim().to_owned();
+        if token.is_empty() {
+            return fail(
+                EXIT_CONFIG,
+                "no token on stdin; pipe one in, or use --generate for a new one",
+            );
+        }
+        token
+    };
+    println!(
+        "token_sha256: {}",
+        phonegate::auth::token_sha256_hex(&token)
+    );
+    ExitCode::SUCCESS
 }
 
 /// Resolves on SIGINT or SIGTERM.
