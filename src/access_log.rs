@@ -20,7 +20,7 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter};
+use tracing_subscriber::{EnvFilter, Layer, filter, reload};
 
 use crate::config::{LogConfig, LogFormat};
 use crate::credential::KeyId;
@@ -216,52 +216,80 @@ impl Visit for JsonFields<'_> {
     }
 }
 
+/// Changes the operational log filter of a running process (a reload's `log.level`).
+pub struct LogControl {
+    set: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    from_env: bool,
+}
+
+impl LogControl {
+    /// Applies a new `log.level`. Ignored (with `Ok(false)`) when `RUST_LOG` set the filter at
+    /// start, since the environment wins over the file.
+    pub fn set_level(&self, level: &str) -> Result<bool, String> {
+        if self.from_env {
+            return Ok(false);
+        }
+        (self.set)(level).map(|()| true)
+    }
+}
+
 /// Sets up logging to stdout for the whole process; keep the guard alive until exit so buffered
 /// lines are flushed.
 ///
 /// Lines go through a non-blocking writer so a slow stdout never stalls a request on a write; it
 /// is not lossy, so under extreme back-pressure requests wait rather than lines being dropped.
 /// `RUST_LOG`, when set, overrides `log.level` for operational logs; the access log is always on.
-pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
+pub fn init(config: &LogConfig) -> Result<(WorkerGuard, LogControl), String> {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("phonegate-log")
         .finish(std::io::stdout());
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     let ops_filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .map_err(|e| format!("invalid log filter: {e}"))?;
+    let (ops_filter, handle) = reload::Layer::new(ops_filter);
+    let set = Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log.level: {e}"))?;
+        handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log level: {e}"))
+    });
     let is_access = filter::filter_fn(|meta| meta.target() == TARGET);
     let not_access = filter::filter_fn(|meta| meta.target() != TARGET);
-    let result = match config.format {
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(AccessLayer::new(writer.clone()).with_filter(is_access))
-            .with(
+    // Boxed so both formats build the same subscriber type, which the reload handle names.
+    type Base = tracing_subscriber::Registry;
+    type WithAccess = tracing_subscriber::layer::Layered<Box<dyn Layer<Base> + Send + Sync>, Base>;
+    let (access, ops): (
+        Box<dyn Layer<Base> + Send + Sync>,
+        Box<dyn Layer<WithAccess> + Send + Sync>,
+    ) = match config.format {
+        LogFormat::Json => (
+            Box::new(AccessLayer::new(writer.clone()).with_filter(is_access)),
+            Box::new(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(writer)
-                    .with_filter(not_access)
-                    .with_filter(ops_filter),
-            )
-            .try_init(),
-        LogFormat::Pretty => tracing_subscriber::registry()
-            .with(
+                    .with_writer(writer),
+            ),
+        ),
+        LogFormat::Pretty => (
+            Box::new(
                 tracing_subscriber::fmt::layer()
                     .with_writer(writer.clone())
                     .with_filter(is_access),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(writer)
-                    .with_filter(not_access)
-                    .with_filter(ops_filter),
-            )
-            .try_init(),
+            ),
+            Box::new(tracing_subscriber::fmt::layer().with_writer(writer)),
+        ),
     };
+    let result = tracing_subscriber::registry()
+        .with(access)
+        .with(ops.with_filter(not_access).with_filter(ops_filter))
+        .try_init();
     result.map_err(|e| format!("logging was already set up: {e}"))?;
-    Ok(guard)
+    Ok((guard, LogControl { set, from_env }))
 }
 
 #[cfg(test)]

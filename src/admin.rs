@@ -1,22 +1,27 @@
-//! The admin listener: `GET /healthz` (the process is alive) and `GET /readyz` (it takes traffic;
-//! 503 once draining). A separate listener so probes and operators never compete with, or get
-//! exposed alongside, proxy traffic.
+//! The admin listener: `GET /healthz` (the process is alive), `GET /readyz` (it takes traffic; 503
+//! once draining), `GET /metrics` (Prometheus), `GET /config` (the effective configuration,
+//! secrets masked) and `POST /cache/purge`. A separate listener so probes and operators never
+//! compete with, or get exposed alongside, proxy traffic.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use uuid::Uuid;
 
+use crate::cache::Resource;
+use crate::credential;
 use crate::error::json_error_body;
 use crate::response::Body;
 use crate::shield::breaker::BreakerState;
@@ -27,7 +32,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, mut stop: watch:
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.server.header_timeout);
+        .header_read_timeout(state.live().config.server.header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -58,42 +63,129 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, mut stop: watch:
 }
 
 /// Answers one admin request.
-pub async fn handle<B>(
-    state: Arc<AppState>,
-    req: Request<B>,
-) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path();
-    let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
-    if known && req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut response = json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json_error_body(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Ok(response);
-    }
-    let response = match path {
-        "/healthz" => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
-        "/readyz" if state.is_draining() => json(
+pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<Body>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let read_only = parts.method == Method::GET || parts.method == Method::HEAD;
+    let response = match (parts.uri.path(), read_only) {
+        ("/healthz", true) => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+        ("/readyz", true) if state.is_draining() => json(
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(b"{\"status\":\"draining\"}"),
         ),
-        "/readyz" => json(
+        ("/readyz", true) => json(
             StatusCode::OK,
             Bytes::from_static(b"{\"status\":\"ready\"}"),
         ),
-        "/metrics" => metrics(&state),
-        _ => json(
+        ("/metrics", true) => metrics(&state),
+        ("/config", true) => {
+            let text =
+                serde_json::to_vec(&state.live().config.to_masked_json()).unwrap_or_default();
+            json(StatusCode::OK, Bytes::from(text))
+        }
+        ("/cache/purge", _) if parts.method == Method::POST => {
+            match authorize(&state, &parts.headers) {
+                Ok(()) => purge(&state, body).await,
+                Err(response) => response,
+            }
+        }
+        ("/healthz" | "/readyz" | "/metrics" | "/config", false) => not_allowed("GET, HEAD"),
+        ("/cache/purge", _) => not_allowed("POST"),
+        _ => error(
             StatusCode::NOT_FOUND,
-            json_error_body(
-                StatusCode::NOT_FOUND,
-                "no such admin endpoint; try /healthz or /readyz",
-            ),
+            "no such admin endpoint; see /healthz, /readyz, /metrics, /config, /cache/purge",
         ),
     };
     Ok(response)
+}
+
+/// Mutating calls need `Authorization: Bearer <admin.token>`, compared in constant time; with no
+/// token configured, only a loopback admin listener accepts them (nobody else can reach it).
+fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), Response<Body>> {
+    let live = state.live();
+    let Some(token) = &live.config.admin_token else {
+        if live.config.admin_listen.ip().is_loopback() {
+            return Ok(());
+        }
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "set admin.token to allow admin changes on a non-loopback admin listener",
+        ));
+    };
+    let presented = credential::bearer_token(headers.get_all(AUTHORIZATION).iter()).ok();
+    let expected = token.expose().as_bytes();
+    // ct_eq on slices of different lengths is false without comparing contents.
+    let matches = presented.is_some_and(|p| bool::from(p.ct_eq(expected)));
+    if matches {
+        Ok(())
+    } else {
+        let mut response = error(StatusCode::UNAUTHORIZED, "admin token missing or wrong");
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Err(response)
+    }
+}
+
+/// `{"id": "<uuid>"}`, `{"key_id": "<16 hex>"}` or `{"all": true}` → `{"purged": n}`.
+async fn purge<B>(state: &AppState, body: B) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    const USAGE: &str =
+        "expected {\"id\": \"<uuid>\"}, {\"key_id\": \"<key_id>\"} or {\"all\": true}";
+    let Ok(collected) = Limited::new(body, 4096).collect().await else {
+        return error(StatusCode::BAD_REQUEST, USAGE);
+    };
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&collected.to_bytes()) else {
+        return error(StatusCode::BAD_REQUEST, USAGE);
+    };
+    let Some(fields) = request.as_object().filter(|o| o.len() == 1) else {
+        return error(StatusCode::BAD_REQUEST, USAGE);
+    };
+    let removed = match (fields.get("id"), fields.get("key_id"), fields.get("all")) {
+        (Some(id), None, None) => {
+            let Some(id) = id.as_str().and_then(|s| Uuid::try_parse(s).ok()) else {
+                return error(StatusCode::BAD_REQUEST, "id must be a UUID");
+            };
+            state
+                .cache
+                .invalidate_where(|k| k.resource == Resource::PhoneNumber(id))
+        }
+        (None, Some(key_id), None) => {
+            let Some(key_id) = key_id.as_str().map(str::to_ascii_lowercase) else {
+                return error(StatusCode::BAD_REQUEST, "key_id must be a string");
+            };
+            state
+                .cache
+                .invalidate_where(|k| k.credential.key_id().to_string() == key_id)
+        }
+        (None, None, Some(serde_json::Value::Bool(true))) => state.cache.invalidate_where(|_| true),
+        _ => return error(StatusCode::BAD_REQUEST, USAGE),
+    };
+    // A fetch in flight must not put back what was just purged.
+    state.bump_write_epoch();
+    tracing::info!(purged = removed, "cache purge");
+    json(
+        StatusCode::OK,
+        Bytes::from(serde_json::json!({ "purged": removed }).to_string()),
+    )
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, json_error_body(status, message))
 }
 
 fn metrics(state: &AppState) -> Response<Body> {

@@ -23,7 +23,11 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "PHONEGATE";
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 2] = ["redact.extra_fields", "redact.allow_fields"];
+const LIST_KEYS: [&str; 3] = [
+    "redact.extra_fields",
+    "redact.allow_fields",
+    "cors.allowed_origins",
+];
 
 /// Minimum length of `cache.key_secret`: a shorter key makes fingerprints guessable offline.
 const MIN_KEY_SECRET_LEN: usize = 16;
@@ -91,6 +95,8 @@ struct RawSettings {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: String,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +213,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener address. Default is `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
+    /// Bearer token for mutating admin calls. Default is unset (loopback-only).
+    pub admin_token: Option<Secret>,
     /// Where lookups go.
     pub upstream: UpstreamConfig,
     /// The response cache.
@@ -225,6 +233,23 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Client-facing connection handling.
     pub server: ServerConfig,
+}
+
+/// A secret setting: compared and used, never shown by `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(set)")
+    }
 }
 
 /// Upstream settings.
@@ -276,7 +301,7 @@ impl fmt::Debug for CacheConfig {
 }
 
 /// Redaction settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedactConfig {
     /// Mask or remove. Default is mask.
     pub mode: redact::Mode,
@@ -497,7 +522,10 @@ impl Config {
         let managed = matches!(self.auth, AuthConfig::Managed { .. });
         json!({
             "listen": self.listen.to_string(),
-            "admin": { "listen": self.admin_listen.to_string() },
+            "admin": {
+                "listen": self.admin_listen.to_string(),
+                "token": set(self.admin_token.is_some()),
+            },
             "upstream": {
                 "url": self.upstream.base_url,
                 "timeout_ms": ms(self.upstream.timeout),
@@ -566,6 +594,16 @@ impl RawSettings {
             cors_allowed_origins,
             listen: parse_addr("listen", &self.listen)?,
             admin_listen: parse_addr("admin.listen", &self.admin.listen)?,
+            admin_token: match non_empty(self.admin.token) {
+                Some(token) if token.len() < MIN_KEY_SECRET_LEN => {
+                    return Err(invalid(
+                        "admin.token",
+                        "(hidden)",
+                        format!("must be at least {MIN_KEY_SECRET_LEN} bytes long"),
+                    ));
+                }
+                token => token.map(Secret),
+            },
             upstream: self.upstream.validate()?,
             cache: self.cache.validate()?,
             redact: self.redact.validate()?,

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod query;
 pub mod redact;
+pub mod reload;
 pub mod response;
 pub mod response_filter;
 pub mod route;

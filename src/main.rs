@@ -5,8 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use phonegate::access_log::LogControl;
 use phonegate::config::Config;
+use phonegate::reload;
 use phonegate::server::{Server, StartError};
+use phonegate::state::AppState;
 
 /// Exit code for bad configuration (EX_CONFIG is 78, but 64, EX_USAGE, is what operators of
 /// linkerd-style proxies script against).
@@ -50,8 +55,8 @@ fn run(config_path: Option<&Path>) -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(EXIT_CONFIG, &error.to_string()),
     };
-    let _log_guard = match phonegate::access_log::init(&config.log) {
-        Ok(guard) => guard,
+    let (_log_guard, log_control) = match phonegate::access_log::init(&config.log) {
+        Ok(logging) => logging,
         Err(error) => return fail(EXIT_CONFIG, &error),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -67,6 +72,9 @@ fn run(config_path: Option<&Path>) -> ExitCode {
             Err(error @ StartError::Config(_)) => return fail(EXIT_CONFIG, &error.to_string()),
             Err(error) => return fail(1, &error.to_string()),
         };
+        let state = Arc::clone(server.state());
+        let config_path = config_path.map(Path::to_path_buf);
+        tokio::spawn(reload_on_sighup(state, config_path, log_control));
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
@@ -113,6 +121,59 @@ fn hash_token(generate: bool) -> ExitCode {
         phonegate::auth::token_sha256_hex(&token)
     );
     ExitCode::SUCCESS
+}
+
+/// Reloads the configuration file and environment on every SIGHUP. A configuration that does
+/// not load is rejected with an error line and the running one stays.
+async fn reload_on_sighup(state: Arc<AppState>, path: Option<PathBuf>, log: LogControl) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; live reload is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let config = match Config::load(path.as_deref()) {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::error!(%error, "configuration reload rejected; keeping the running configuration");
+                    continue;
+                }
+            };
+            match reload::apply(&state, config) {
+                Ok(outcome) => {
+                    if let Some(level) = &outcome.new_log_level {
+                        match log.set_level(level) {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(
+                                "log.level changed but RUST_LOG is set; keeping RUST_LOG"
+                            ),
+                            Err(error) => tracing::error!(%error, "log.level not changed"),
+                        }
+                    }
+                    if !outcome.restart_needed.is_empty() {
+                        tracing::warn!(
+                            settings = ?outcome.restart_needed,
+                            "these settings changed but only take effect after a restart"
+                        );
+                    }
+                    tracing::info!(
+                        policy_changed = outcome.policy_changed,
+                        limits_changed = outcome.limits_changed,
+                        "configuration reloaded"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%error, "configuration reload rejected; keeping the running configuration");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, path, log);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

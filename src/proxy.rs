@@ -44,7 +44,7 @@ use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
 use crate::response_filter::{self, Ttls};
 use crate::route::{self, Route};
 use crate::shield::{Health, Pass};
-use crate::state::AppState;
+use crate::state::{AppState, Live};
 
 /// How much longer than its own deadlines (queue wait plus upstream exchange) a caller waits for
 /// a shared fetch: the fetch is bounded by those, so this only matters if its task is starved.
@@ -95,12 +95,14 @@ where
         stale_reason: None,
     };
     let head = parts.method == Method::HEAD;
-    let outcome = match state.cors.preflight(&parts.method, &parts.headers) {
-        Preflight::Allowed => Ok(state.cors.preflight_response(&parts.headers)),
+    let live = state.live();
+    let outcome = match live.cors.preflight(&parts.method, &parts.headers) {
+        Preflight::Allowed => Ok(live.cors.preflight_response(&parts.headers)),
         Preflight::Refused => Err(ProxyError::OriginNotAllowed),
         Preflight::NotPreflight => {
-            let deadline = state.config.server.request_timeout;
-            match tokio::time::timeout(deadline, serve(&state, &parts, body, &mut ctx)).await {
+            let deadline = live.config.server.request_timeout;
+            match tokio::time::timeout(deadline, serve(&state, &live, &parts, body, &mut ctx)).await
+            {
                 Ok(outcome) => outcome,
                 Err(_) => Err(ProxyError::RequestTimeout),
             }
@@ -133,7 +135,7 @@ where
     }
     let bytes = response.body().size_hint().exact().unwrap_or(0);
     response::finish(&mut response, ctx.request_id.clone());
-    state.cors.decorate(&parts.headers, &mut response);
+    live.cors.decorate(&parts.headers, &mut response);
     let duration = started.elapsed();
     let route = ctx.route.unwrap_or("none");
     metrics.request(
@@ -164,6 +166,7 @@ where
 
 async fn serve<B>(
     state: &Arc<AppState>,
+    live: &Arc<Live>,
     parts: &Parts,
     body: B,
     ctx: &mut RequestContext,
@@ -176,7 +179,7 @@ where
     let route = route::route(&parts.method, parts.uri.path(), parts.uri.query())
         .map_err(ProxyError::Route)?;
     ctx.route = Some(route.name());
-    let caller = state
+    let caller = live
         .auth
         .authenticate(&parts.headers, &state.fingerprinter)
         .map_err(ProxyError::Auth)?;
@@ -200,24 +203,27 @@ where
     let resource = match route {
         Route::Get(id) => Resource::PhoneNumber(id),
         Route::List(kind, query) => Resource::List(kind, Arc::from(query)),
-        Route::Create => return write(state, parts, body, &caller, Write::Create, ctx).await,
+        Route::Create => return write(state, live, parts, body, &caller, Write::Create, ctx).await,
         Route::Update(id) => {
-            return write(state, parts, body, &caller, Write::Update(id), ctx).await;
+            return write(state, live, parts, body, &caller, Write::Update(id), ctx).await;
         }
         Route::Delete(id) => {
-            return write(state, parts, body, &caller, Write::Delete(id), ctx).await;
+            return write(state, live, parts, body, &caller, Write::Delete(id), ctx).await;
         }
     };
     if !body.is_end_stream() {
         return Err(ProxyError::BodyNotAllowed);
     }
-    read(state, parts, resource, caller, ctx).await
+    read(state, live, parts, resource, caller, ctx).await
 }
 
 /// What a cacheable read needs to reach the upstream on behalf of one caller.
 #[derive(Clone)]
 struct Lookup {
     key: CacheKey,
+    /// The write epoch when the request arrived: it joins only fetches of the same epoch, so an
+    /// answer fetched before a write never reaches a request made after it.
+    epoch: u64,
     limit_key: crate::credential::Fingerprint,
     authorization: HeaderValue,
     request_id: HeaderValue,
@@ -226,6 +232,7 @@ struct Lookup {
 /// Phases 2-7 for the GET routes.
 async fn read(
     state: &Arc<AppState>,
+    live: &Arc<Live>,
     parts: &Parts,
     resource: Resource,
     caller: Caller,
@@ -243,6 +250,7 @@ async fn read(
     };
     let lookup = Lookup {
         key,
+        epoch: state.write_epoch(),
         limit_key: caller.limit_key,
         authorization: caller.upstream_authorization,
         request_id: ctx.request_id.clone(),
@@ -251,14 +259,15 @@ async fn read(
     // 3. Cache lookup: fresh is a hit; within stale-while-revalidate, the old answer now and one
     // refresh in the background; within stale-if-error, a stand-in should the upstream fail.
     let mut stand_in = None;
-    if let Some(entry) = state.cache.get(&lookup.key) {
-        match entry.staleness(Instant::now(), &state.lifetimes) {
+    let current = |e: &Arc<Entry>| e.policy_generation == live.policy_generation;
+    if let Some(entry) = state.cache.get(&lookup.key).filter(current) {
+        match entry.staleness(Instant::now(), &live.lifetimes) {
             Staleness::Fresh => {
                 ctx.cache = CacheStatus::Hit;
                 return Ok(respond(&entry, ctx.cache));
             }
             Staleness::Revalidate => {
-                refresh_in_background(state, lookup);
+                refresh_in_background(state, live, lookup);
                 ctx.cache = CacheStatus::Stale;
                 ctx.stale_reason = Some("revalidating");
                 return Ok(respond(&entry, ctx.cache));
@@ -270,7 +279,7 @@ async fn read(
 
     // 4-6. Upstream fetch (gated, coalesced), response filter, cache store.
     ctx.cache = CacheStatus::Miss;
-    let result = fetch(state, lookup, ctx).await;
+    let result = fetch(state, live, lookup, ctx).await;
 
     // 7. Response: the upstream's answer, or the stale stand-in if the upstream failed.
     if let Some(stale) = stand_in {
@@ -299,10 +308,11 @@ fn upstream_failure(result: &Result<Arc<Entry>, ProxyError>) -> Option<&'static 
 /// for it, boundedly.
 async fn fetch(
     state: &Arc<AppState>,
+    live: &Arc<Live>,
     lookup: Lookup,
     ctx: &mut RequestContext,
 ) -> Result<Arc<Entry>, ProxyError> {
-    let inflight = match state.inflight.get(&lookup.key) {
+    let inflight = match state.inflight.get(&(lookup.key.clone(), lookup.epoch)) {
         // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
         Some(inflight) => {
             ctx.coalesced = true;
@@ -318,8 +328,9 @@ async fn fetch(
                 )
                 .map_err(ProxyError::Refused)?;
             let key = lookup.key.clone();
-            let task = fetch_task(Arc::clone(state), lookup, pass);
-            let (inflight, role) = state.inflight.join_or_start(key.clone(), task);
+            let flight = (key.clone(), lookup.epoch);
+            let task = fetch_task(Arc::clone(state), Arc::clone(live), lookup, pass);
+            let (inflight, role) = state.inflight.join_or_start(flight, task);
             if role == Role::Follower {
                 // Someone started the same fetch between our check and now.
                 state.shield.release(&key.credential, pass);
@@ -328,7 +339,7 @@ async fn fetch(
             inflight
         }
     };
-    let wait = state.config.shield.queue_timeout + state.config.upstream.timeout + COALESCE_MARGIN;
+    let wait = live.config.shield.queue_timeout + live.config.upstream.timeout + COALESCE_MARGIN;
     match tokio::time::timeout(wait, inflight).await {
         Ok(Some(fetched)) => {
             ctx.upstream = fetched.upstream;
@@ -341,8 +352,9 @@ async fn fetch(
 
 /// Starts one background refresh of a stale entry, unless one is already in flight or the
 /// shield says no (cool-down, open breaker): then the stale entry simply keeps serving.
-fn refresh_in_background(state: &Arc<AppState>, lookup: Lookup) {
-    if state.inflight.get(&lookup.key).is_some() {
+fn refresh_in_background(state: &Arc<AppState>, live: &Arc<Live>, lookup: Lookup) {
+    let flight = (lookup.key.clone(), lookup.epoch);
+    if state.inflight.get(&flight).is_some() {
         return;
     }
     let Ok(pass) = state
@@ -352,8 +364,8 @@ fn refresh_in_background(state: &Arc<AppState>, lookup: Lookup) {
         return;
     };
     let key = lookup.key.clone();
-    let task = fetch_task(Arc::clone(state), lookup, pass);
-    let (_inflight, role) = state.inflight.join_or_start(key.clone(), task);
+    let task = fetch_task(Arc::clone(state), Arc::clone(live), lookup, pass);
+    let (_inflight, role) = state.inflight.join_or_start(flight, task);
     if role == Role::Follower {
         state.shield.release(&key.credential, pass);
     }
@@ -361,15 +373,16 @@ fn refresh_in_background(state: &Arc<AppState>, lookup: Lookup) {
 
 /// The one upstream call for a key: waits for a slot, calls, filters, reports to the shield, and
 /// stores the answer before any waiter sees it.
-async fn fetch_task(state: Arc<AppState>, lookup: Lookup, pass: Pass) -> Fetched {
-    let epoch = state.write_epoch();
+async fn fetch_task(state: Arc<AppState>, live: Arc<Live>, lookup: Lookup, pass: Pass) -> Fetched {
+    let epoch = lookup.epoch;
     let ttls = Ttls {
-        ok: state.lifetimes.ok_for(&lookup.key.resource),
-        not_found: state.lifetimes.not_found,
+        ok: live.lifetimes.ok_for(&lookup.key.resource),
+        not_found: live.lifetimes.not_found,
     };
     let path = lookup.key.resource.upstream_path();
     let (result, upstream) = call_upstream(
         &state,
+        &live,
         Method::GET,
         &path,
         &lookup.authorization,
@@ -381,9 +394,14 @@ async fn fetch_task(state: Arc<AppState>, lookup: Lookup, pass: Pass) -> Fetched
     )
     .await;
     match &result {
-        // A write since this fetch began may have changed the answer: serve it, but do not keep it.
+        // A write since this fetch began may have changed the answer: serve it, but do not keep
+        // it. The epoch is checked again after the insert, so a write landing between the check
+        // and the insert cannot leave the older answer behind.
         Ok(entry) if entry.is_cacheable() && state.write_epoch() == epoch => {
-            state.cache.insert(lookup.key, Arc::clone(entry))
+            state.cache.insert(lookup.key.clone(), Arc::clone(entry));
+            if state.write_epoch() != epoch {
+                state.cache.invalidate(&lookup.key);
+            }
         }
         // The credential lost access: whatever it could read before must not be served stale.
         Ok(entry)
@@ -401,6 +419,7 @@ async fn fetch_task(state: Arc<AppState>, lookup: Lookup, pass: Pass) -> Fetched
 #[allow(clippy::too_many_arguments)]
 async fn call_upstream(
     state: &AppState,
+    live: &Live,
     method: Method,
     path: &str,
     authorization: &HeaderValue,
@@ -425,12 +444,15 @@ async fn call_upstream(
     {
         Ok(answer) => response_filter::filter(
             answer,
-            &state.policy,
+            &live.policy,
             ttls,
-            state.scrub.as_deref(),
+            live.scrub.as_deref(),
             Instant::now(),
         )
-        .map(Arc::new),
+        .map(|mut entry| {
+            entry.policy_generation = live.policy_generation;
+            Arc::new(entry)
+        }),
         Err(e) => Err(e.into()),
     };
     let elapsed = started.elapsed();
@@ -463,6 +485,7 @@ enum Write {
 /// success drop what the write made stale.
 async fn write<B>(
     state: &Arc<AppState>,
+    live: &Arc<Live>,
     parts: &Parts,
     body: B,
     caller: &Caller,
@@ -478,12 +501,12 @@ where
         Write::Create => (
             Method::POST,
             "/phone-number".to_owned(),
-            Some(json_body(state, parts, body).await?),
+            Some(json_body(live, parts, body).await?),
         ),
         Write::Update(id) => (
             Method::PATCH,
             format!("/phone-number/{}", id.hyphenated()),
-            Some(json_body(state, parts, body).await?),
+            Some(json_body(live, parts, body).await?),
         ),
         Write::Delete(id) => {
             if !body.is_end_stream() {
@@ -507,12 +530,14 @@ where
     // The exchange runs as its own task: if the caller hangs up mid-write, the write still
     // completes upstream, so the invalidation below must still happen.
     let task_state = Arc::clone(state);
+    let task_live = Arc::clone(live);
     let caller = caller.clone();
     let request_id = ctx.request_id.clone();
     let task = tokio::spawn(async move {
         let state = task_state;
         let (result, upstream) = call_upstream(
             &state,
+            &task_live,
             method,
             &path,
             &caller.upstream_authorization,
@@ -557,7 +582,7 @@ fn invalidate_after_write(state: &AppState, op: Write, caller: &Caller) {
 
 /// Reads and checks a write's body: JSON by content type and by content, within the size cap,
 /// and free of the redaction placeholder (which would overwrite a real secret upstream).
-async fn json_body<B>(state: &AppState, parts: &Parts, body: B) -> Result<Bytes, ProxyError>
+async fn json_body<B>(live: &Live, parts: &Parts, body: B) -> Result<Bytes, ProxyError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -573,7 +598,7 @@ where
             "the content-type must be application/json",
         ));
     }
-    let limit = state.config.server.max_request_body_bytes;
+    let limit = live.config.server.max_request_body_bytes;
     let bytes = Limited::new(body, limit)
         .collect()
         .await

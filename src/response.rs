@@ -175,6 +175,7 @@ mod tests {
             retry_after: None,
             stored_at: Instant::now(),
             fresh_for: Duration::from_secs(60),
+            policy_generation: 0,
         }
     }
 

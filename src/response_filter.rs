@@ -68,6 +68,7 @@ pub fn filter(
         retry_after: upstream.retry_after,
         stored_at: now,
         fresh_for,
+        policy_generation: 0,
     })
 }
 

@@ -143,9 +143,11 @@ impl Server {
             admin_listener,
             admin_stop_rx,
         ));
-        let protocols = Arc::new(Protocols::new(&state.config));
+        // Connection handling is fixed at start; a reload does not change it.
+        let config = state.live().config.clone();
+        let protocols = Arc::new(Protocols::new(&config));
         let connections = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(state.config.server.max_connections));
+        let slots = Arc::new(Semaphore::new(config.server.max_connections));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, tls = tls.is_some(), "phonegate listening");
         }
@@ -183,7 +185,7 @@ impl Server {
 
         state.start_draining();
         drop(listener);
-        let drain = state.config.server.drain_timeout;
+        let drain = config.server.drain_timeout;
         tracing::info!(
             connections = connections.len(),
             drain_timeout_ms = drain.as_millis() as u64,

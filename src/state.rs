@@ -1,7 +1,10 @@
 //! The state shared by every request, built once at start-up and handed around as an `Arc`.
+//! Settings that may change on reload live in one swappable snapshot, [`Live`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 
 use crate::auth::Authenticator;
 use crate::cache::coalesce::Coalescer;
@@ -16,36 +19,76 @@ use crate::shield::Shield;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
 
-/// Shared state: settings, cache, in-flight fetches, upstream client.
+/// Shared state: the live settings, cache, in-flight fetches, upstream client, shield, metrics.
 pub struct AppState {
-    /// The validated settings.
-    pub config: Config,
-    /// Redacted answers by (id, credential).
+    /// Settings and what is derived from them; replaced whole by a reload.
+    live: ArcSwap<Live>,
+    /// Redacted answers by (resource, credential).
     pub cache: ResponseCache,
-    /// Upstream fetches in flight, by cache key.
-    pub inflight: Arc<Coalescer<CacheKey, Fetched>>,
+    /// Upstream fetches in flight, by cache key and the write epoch they started in.
+    pub inflight: Arc<Coalescer<(CacheKey, u64), Fetched>>,
     /// The upstream client.
     pub upstream: Upstream,
     /// Keyed credential fingerprints.
     pub fingerprinter: Fingerprinter,
-    /// The redaction policy.
-    pub policy: Policy,
-    /// Freshness and stale windows of cached answers.
-    pub lifetimes: Lifetimes,
     /// Limits, cool-downs, breaker and concurrency cap in front of the upstream.
     pub shield: Shield,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Bumped by every successful write, purge and policy change; a fetch that started before
+    /// one does not store its (possibly outdated) answer.
+    write_epoch: AtomicU64,
+    draining: AtomicBool,
+}
+
+/// The settings a request reads, and what is built from them, as one consistent snapshot: a
+/// request loads it once, so a reload never shows it half old, half new.
+pub struct Live {
+    /// The validated settings.
+    pub config: Config,
+    /// The redaction policy.
+    pub policy: Policy,
+    /// Freshness and stale windows of cached answers.
+    pub lifetimes: Lifetimes,
     /// Who callers are and which credential goes upstream.
     pub auth: Authenticator,
     /// CORS policy for browser callers.
     pub cors: Cors,
     /// A literal no answer may carry: managed mode's upstream key.
     pub scrub: Option<String>,
-    /// Bumped by every successful write; a fetch that started before a write does not store its
-    /// (possibly pre-write) answer.
-    write_epoch: AtomicU64,
-    draining: AtomicBool,
+    /// Counts redaction policy changes; cache entries carry the generation that redacted them.
+    pub policy_generation: u64,
+}
+
+impl Live {
+    /// Builds the snapshot for `config`, whose redaction policy is generation `policy_generation`.
+    pub fn new(
+        config: Config,
+        fingerprinter: &Fingerprinter,
+        policy_generation: u64,
+    ) -> Result<Self, StateError> {
+        let lifetimes = Lifetimes {
+            ok: config.cache.ttl,
+            not_found: config.cache.negative_ttl,
+            list: config.cache.list_ttl,
+            stale_while_revalidate: config.cache.stale_while_revalidate,
+            stale_if_error: config.cache.stale_if_error,
+        };
+        let auth = Authenticator::new(&config.auth, fingerprinter).map_err(StateError::Auth)?;
+        let scrub = match &config.auth {
+            AuthConfig::Managed { api_key, .. } => Some(api_key.clone()),
+            AuthConfig::Passthrough => None,
+        };
+        Ok(Live {
+            policy: config.redact.policy(),
+            lifetimes,
+            auth,
+            cors: Cors::new(&config.cors_allowed_origins),
+            scrub,
+            policy_generation,
+            config,
+        })
+    }
 }
 
 /// Why the state could not be built; start-up reports it as bad configuration.
@@ -77,34 +120,36 @@ impl AppState {
         let upstream = Upstream::new(&config.upstream).map_err(StateError::Tls)?;
         let fingerprinter = Fingerprinter::new(config.cache.key_secret.as_deref())
             .map_err(|e| StateError::Random(e.to_string()))?;
-        let lifetimes = Lifetimes {
-            ok: config.cache.ttl,
-            not_found: config.cache.negative_ttl,
-            list: config.cache.list_ttl,
-            stale_while_revalidate: config.cache.stale_while_revalidate,
-            stale_if_error: config.cache.stale_if_error,
-        };
-        let auth = Authenticator::new(&config.auth, &fingerprinter).map_err(StateError::Auth)?;
-        let scrub = match &config.auth {
-            AuthConfig::Managed { api_key, .. } => Some(api_key.clone()),
-            AuthConfig::Passthrough => None,
-        };
+        let cache = ResponseCache::new(
+            config.cache.max_bytes,
+            config
+                .cache
+                .stale_while_revalidate
+                .max(config.cache.stale_if_error),
+        );
+        let shield = Shield::new(&config.shield);
+        let live = Live::new(config, &fingerprinter, 0)?;
         Ok(Arc::new(AppState {
-            auth,
-            cors: Cors::new(&config.cors_allowed_origins),
-            scrub,
-            write_epoch: AtomicU64::new(0),
-            cache: ResponseCache::new(config.cache.max_bytes, lifetimes.stale_window()),
-            shield: Shield::new(&config.shield),
-            metrics: Metrics::new(),
-            lifetimes,
+            live: ArcSwap::from_pointee(live),
+            cache,
             inflight: Arc::default(),
             upstream,
             fingerprinter,
-            policy: config.redact.policy(),
-            config,
+            shield,
+            metrics: Metrics::new(),
+            write_epoch: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// The current settings snapshot.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Replaces the settings snapshot (see [`crate::reload`]).
+    pub fn set_live(&self, live: Live) {
+        self.live.store(Arc::new(live));
     }
 
     /// Whether shutdown has begun (readiness answers 503 from then on).

@@ -164,8 +164,10 @@ impl Upstream {
                 status,
                 body: body_bytes,
                 retry_after: keep_retry_after
-                    .then(|| parts.headers.get(RETRY_AFTER).cloned())
-                    .flatten(),
+                    .then(|| parts.headers.get(RETRY_AFTER))
+                    .flatten()
+                    .filter(|v| is_retry_after(v))
+                    .cloned(),
             })
         };
         tokio::time::timeout(self.timeout, exchange)
@@ -188,6 +190,17 @@ pub fn upstream_headers(authorization: &HeaderValue, request_id: &HeaderValue) -
     headers
 }
 
+/// Only a well-formed `Retry-After` (delta-seconds or an HTTP date) is relayed: the header is
+/// copied to the caller, so anything else in it (an echo of the request, say) must not pass.
+fn is_retry_after(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let text = text.trim();
+    (!text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit()))
+        || httpdate::parse_http_date(text).is_ok()
+}
+
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
@@ -208,5 +221,15 @@ mod tests {
             ["authorization", "accept", "user-agent", "x-request-id"]
         );
         assert!(h[AUTHORIZATION].is_sensitive());
+    }
+
+    #[test]
+    fn only_well_formed_retry_after_values_are_relayed() {
+        for ok in ["0", "7", "120", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert!(is_retry_after(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in ["", "soon", "-1", "7 Bearer sk-123", "99999999999999"] {
+            assert!(!is_retry_after(&HeaderValue::from_static(bad)), "{bad}");
+        }
     }
 }

@@ -121,6 +121,9 @@ pub struct Entry {
     pub stored_at: Instant,
     /// How long it may be served from the cache; zero means never cached.
     pub fresh_for: Duration,
+    /// The redaction policy generation that produced `body`; entries of an older generation are
+    /// never served (a reload changed the policy).
+    pub policy_generation: u64,
 }
 
 impl Entry {
@@ -270,6 +273,7 @@ mod tests {
             retry_after: None,
             stored_at: Instant::now(),
             fresh_for,
+            policy_generation: 0,
         })
     }
 

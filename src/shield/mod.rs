@@ -12,6 +12,7 @@ pub mod limits;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -70,12 +71,34 @@ impl Health {
     }
 }
 
+/// The per-credential budgets; replaced whole when a reload changes `limits.*`.
+struct Limiters {
+    misses: Option<KeyedLimiter>,
+    requests: Option<KeyedLimiter>,
+}
+
+impl Limiters {
+    fn new(config: &ShieldConfig) -> Self {
+        Limiters {
+            misses: KeyedLimiter::new(
+                config.misses_per_sec_per_key,
+                config.miss_burst,
+                config.max_tracked_keys,
+            ),
+            requests: KeyedLimiter::new(
+                config.requests_per_sec_per_key,
+                config.request_burst,
+                config.max_tracked_keys,
+            ),
+        }
+    }
+}
+
 /// The upstream's shield. One per process, in the shared state.
 pub struct Shield {
     breaker: Breaker,
     cooldowns: Cooldowns,
-    miss_limiter: Option<KeyedLimiter>,
-    request_limiter: Option<KeyedLimiter>,
+    limiters: ArcSwap<Limiters>,
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
 }
@@ -86,16 +109,7 @@ impl Shield {
         Shield {
             breaker: Breaker::new(config.breaker_failures, config.breaker_open),
             cooldowns: Cooldowns::new(config.max_retry_after, config.max_tracked_keys),
-            miss_limiter: KeyedLimiter::new(
-                config.misses_per_sec_per_key,
-                config.miss_burst,
-                config.max_tracked_keys,
-            ),
-            request_limiter: KeyedLimiter::new(
-                config.requests_per_sec_per_key,
-                config.request_burst,
-                config.max_tracked_keys,
-            ),
+            limiters: ArcSwap::from_pointee(Limiters::new(config)),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             queue_timeout: config.queue_timeout,
         }
@@ -104,7 +118,7 @@ impl Shield {
     /// The all-requests budget of the caller's limit key, checked for every request (hits
     /// included) when enabled.
     pub fn check_request(&self, key: &Fingerprint) -> Result<(), Refusal> {
-        match &self.request_limiter {
+        match &self.limiters.load().requests {
             Some(limiter) => limiter.check(key).map_err(Refusal::RequestLimit),
             None => Ok(()),
         }
@@ -122,7 +136,7 @@ impl Shield {
         upstream_key: &Fingerprint,
         now: Instant,
     ) -> Result<Pass, Refusal> {
-        if let (Some(limiter), Some(key)) = (&self.miss_limiter, charge) {
+        if let (Some(limiter), Some(key)) = (&self.limiters.load().misses, charge) {
             limiter.check(key).map_err(Refusal::MissLimit)?;
         }
         let cooldown_probe = match self.cooldowns.check(upstream_key, now) {
@@ -175,6 +189,11 @@ impl Shield {
         if pass.breaker == Admission::Probe {
             self.breaker.release_probe();
         }
+    }
+
+    /// Applies new `limits.*` rates (a reload). Budgets start afresh under the new rates.
+    pub fn set_limits(&self, config: &ShieldConfig) {
+        self.limiters.store(Arc::new(Limiters::new(config)));
     }
 
     /// The breaker's state.

@@ -1,0 +1,1678 @@
+//! The deployment files under `deploy/` checked against the binary's real contract: every
+//! `PHONEGATE__...` name is a setting the binary accepts, the ConfigMap and example TOML files pass
+//! phonegate's own validation, ports and probe paths agree with what the listeners serve, the
+//! termination grace periods cover the drain, and the Dockerfile and systemd unit use the binary's
+//! real flags, variables and exit codes. Nothing here needs Docker, a cluster or systemd: the YAML,
+//! Dockerfile and unit files are read with small line-based parsers (no YAML crate), and the binary
+//! is run only as `check-config`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use phonegate::config::Config;
+use phonegate::state::AppState;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_phonegate");
+
+const DOCKERFILE: &str = "deploy/Dockerfile";
+const KUSTOMIZATION: &str = "deploy/kubernetes/kustomization.yaml";
+const DEPLOYMENT: &str = "deploy/kubernetes/deployment.yaml";
+const SERVICE: &str = "deploy/kubernetes/service.yaml";
+const CONFIGMAP: &str = "deploy/kubernetes/configmap.yaml";
+const SECRET: &str = "deploy/kubernetes/secret.example.yaml";
+const HPA: &str = "deploy/kubernetes/hpa.yaml";
+const PDB: &str = "deploy/kubernetes/pdb.yaml";
+const UNIT: &str = "deploy/systemd/phonegate.service";
+const SYSTEMD_TOML: &str = "deploy/systemd/phonegate.toml";
+const SYSTEMD_ENV: &str = "deploy/systemd/phonegate.env.example";
+
+/// Value used for a `PHONEGATE__...` name a file mentions without a literal value (a shell
+/// substitution, a prose mention): long enough for `cache.key_secret`, fine for any string setting.
+const PLACEHOLDER: &str = "0123456789abcdef0123456789abcdef";
+
+// ---- reading files ----
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: cannot read: {e}"))
+}
+
+/// Every file under `deploy/`, as paths relative to the repository root.
+fn deploy_files() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root().join("deploy"), &mut files);
+    let mut rel: Vec<String> = files
+        .iter()
+        .map(|p| {
+            p.strip_prefix(root())
+                .expect("under the root")
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect();
+    rel.sort();
+    rel
+}
+
+/// A unique temp file holding `contents`.
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let path = std::env::temp_dir().join(format!(
+        "phonegate-deploy-{}-{n}-{name}",
+        std::process::id()
+    ));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// Loads `toml` (as a file layer) with exactly `env` as the environment.
+fn load(file: &str, toml: &str, env: &HashMap<String, String>) -> Config {
+    let path = temp_file("layer.toml", toml);
+    let result = Config::load_with_env(Some(&path), Some(env.clone()));
+    std::fs::remove_file(&path).ok();
+    result.unwrap_or_else(|e| panic!("{file}: phonegate refuses this configuration: {e}"))
+}
+
+/// Runs the real binary with `args`, no inherited phonegate settings, and `env`.
+fn run_binary(args: &[String], env: &HashMap<String, String>) -> Output {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("PHONEGATE") || k == "RUST_LOG" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the phonegate binary")
+}
+
+// ---- a YAML subset: block mappings and sequences, scalars, `|` block scalars, `[a, b]` ----
+
+mod yaml {
+    use serde_json::{Map, Value};
+
+    /// The documents of `text`. Scalars become strings (no type guessing), empty values null.
+    /// Panics on anything outside the subset the deploy manifests use, rather than misreading it.
+    pub fn parse(file: &str, text: &str) -> Vec<Value> {
+        let mut docs = vec![Vec::new()];
+        for line in text.lines() {
+            if line.trim_end() == "---" {
+                docs.push(Vec::new());
+            } else {
+                docs.last_mut().expect("a document").push(line.to_owned());
+            }
+        }
+        docs.into_iter()
+            .filter_map(|lines| {
+                let mut p = Parser {
+                    file,
+                    lines,
+                    pos: 0,
+                };
+                p.peek()?;
+                let doc = p.node(0);
+                if let Some((_, rest)) = p.peek() {
+                    panic!("{file}: unparsed YAML at line {}: {rest:?}", p.pos + 1);
+                }
+                Some(doc)
+            })
+            .collect()
+    }
+
+    struct Parser<'a> {
+        file: &'a str,
+        lines: Vec<String>,
+        pos: usize,
+    }
+
+    fn indent(line: &str) -> usize {
+        line.len() - line.trim_start_matches(' ').len()
+    }
+
+    fn is_item(text: &str) -> bool {
+        text == "-" || text.starts_with("- ")
+    }
+
+    /// Splits `key: rest` at the first colon outside quotes that ends the line or precedes a space.
+    fn split_key(text: &str) -> Option<(&str, &str)> {
+        let mut quote = None;
+        for (i, c) in text.char_indices() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, '#') if i == 0 || text[..i].ends_with(' ') => return None,
+                (None, ':') if text[i + 1..].is_empty() || text[i + 1..].starts_with(' ') => {
+                    return Some((text[..i].trim(), &text[i + 1..]));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn strip_comment(text: &str) -> &str {
+        let mut quote = None;
+        for (i, c) in text.char_indices() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, '#') if i == 0 || text[..i].ends_with(' ') => return text[..i].trim_end(),
+                _ => {}
+            }
+        }
+        text.trim_end()
+    }
+
+    fn unquote(text: &str) -> String {
+        let t = text.trim();
+        if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') {
+            t[1..t.len() - 1]
+                .replace("\\\"", "\"")
+                .replace("\\n", "\n")
+                .replace("\\\\", "\\")
+        } else if t.len() >= 2 && t.starts_with('\'') && t.ends_with('\'') {
+            t[1..t.len() - 1].replace("''", "'")
+        } else {
+            t.to_owned()
+        }
+    }
+
+    fn scalar(file: &str, text: &str) -> Value {
+        let t = strip_comment(text).trim();
+        match t {
+            "" | "~" | "null" => Value::Null,
+            "{}" => Value::Object(Map::new()),
+            "[]" => Value::Array(Vec::new()),
+            _ if t.starts_with('[') && t.ends_with(']') => Value::Array(
+                t[1..t.len() - 1]
+                    .split(',')
+                    .map(|item| Value::String(unquote(item)))
+                    .collect(),
+            ),
+            _ if t.starts_with('{') || t.starts_with('&') || t.starts_with('*') => {
+                panic!("{file}: flow mappings, anchors and aliases are not supported: {t:?}")
+            }
+            _ => Value::String(unquote(t)),
+        }
+    }
+
+    impl Parser<'_> {
+        /// The next meaningful line: (indent, trimmed text), skipping blanks and comments.
+        fn peek(&mut self) -> Option<(usize, String)> {
+            while let Some(line) = self.lines.get(self.pos) {
+                let t = line.trim();
+                if t.is_empty() || t.starts_with('#') {
+                    self.pos += 1;
+                } else {
+                    return Some((indent(line), t.to_owned()));
+                }
+            }
+            None
+        }
+
+        fn node(&mut self, min_indent: usize) -> Value {
+            match self.peek() {
+                Some((ind, text)) if ind >= min_indent => {
+                    if is_item(&text) {
+                        self.seq(ind)
+                    } else {
+                        self.map(ind)
+                    }
+                }
+                _ => Value::Null,
+            }
+        }
+
+        fn seq(&mut self, ind: usize) -> Value {
+            let mut items = Vec::new();
+            while let Some((i, text)) = self.peek() {
+                if i < ind || (i == ind && !is_item(&text)) {
+                    break;
+                }
+                assert!(
+                    i == ind,
+                    "{}: unexpected indentation at line {}: {text:?}",
+                    self.file,
+                    self.pos + 1
+                );
+                let rest = text[1..].trim_start();
+                if rest.is_empty() {
+                    self.pos += 1;
+                    items.push(self.node(ind + 1));
+                } else if split_key(rest).is_some() {
+                    // `- key: value` opens a mapping whose keys sit at the column of `key`.
+                    let col = ind + (text.len() - rest.len());
+                    self.lines[self.pos] = format!("{}{rest}", " ".repeat(col));
+                    items.push(self.map(col));
+                } else {
+                    self.pos += 1;
+                    items.push(scalar(self.file, rest));
+                }
+            }
+            Value::Array(items)
+        }
+
+        fn map(&mut self, ind: usize) -> Value {
+            let mut map = Map::new();
+            while let Some((i, text)) = self.peek() {
+                if i < ind || (i == ind && is_item(&text)) {
+                    break;
+                }
+                assert!(
+                    i == ind,
+                    "{}: unexpected indentation at line {}: {text:?}",
+                    self.file,
+                    self.pos + 1
+                );
+                let (key, rest) = split_key(&text).unwrap_or_else(|| {
+                    panic!(
+                        "{}: expected `key: value` at line {}: {text:?}",
+                        self.file,
+                        self.pos + 1
+                    )
+                });
+                let (key, rest) = (unquote(key), strip_comment(rest).trim().to_owned());
+                self.pos += 1;
+                let value = if rest.starts_with('|') {
+                    self.block(ind, &rest)
+                } else if rest.starts_with('>') {
+                    panic!(
+                        "{}: folded block scalars are not supported ({key})",
+                        self.file
+                    )
+                } else if rest.is_empty() {
+                    match self.peek() {
+                        Some((i2, t2)) if i2 > ind || (i2 == ind && is_item(&t2)) => self.node(ind),
+                        _ => Value::Null,
+                    }
+                } else {
+                    scalar(self.file, &rest)
+                };
+                assert!(
+                    map.insert(key.clone(), value).is_none(),
+                    "{}: duplicate key {key}",
+                    self.file
+                );
+            }
+            Value::Object(map)
+        }
+
+        /// A literal block scalar (`|`, `|-`, `|+`) under a key at indent `ind`.
+        fn block(&mut self, ind: usize, header: &str) -> Value {
+            let mut raw = Vec::new();
+            while let Some(line) = self.lines.get(self.pos) {
+                if line.trim().is_empty() || indent(line) > ind {
+                    raw.push(line.clone());
+                    self.pos += 1;
+                } else {
+                    break;
+                }
+            }
+            let block_indent = raw
+                .iter()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| indent(l))
+                .unwrap_or(0);
+            let text = raw
+                .iter()
+                .map(|l| l.get(block_indent..).unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let body = text.trim_end_matches('\n');
+            Value::String(match &header[1..] {
+                "" => format!("{body}\n"),
+                "-" => body.to_owned(),
+                "+" => format!("{text}\n"),
+                other => panic!("{}: block scalar header |{other} not supported", self.file),
+            })
+        }
+    }
+}
+
+/// The one document of a manifest file.
+fn manifest(file: &str) -> Value {
+    let mut docs = yaml::parse(file, &read(file));
+    assert_eq!(docs.len(), 1, "{file}: expected exactly one YAML document");
+    docs.pop().expect("one document")
+}
+
+/// The value at `path` (object keys, or array indices) in a document from `file`.
+fn at<'a>(file: &str, v: &'a Value, path: &[&str]) -> &'a Value {
+    let mut cur = v;
+    for (n, seg) in path.iter().enumerate() {
+        let next = match cur {
+            Value::Object(map) => map.get(*seg),
+            Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        };
+        cur = next.unwrap_or_else(|| panic!("{file}: missing {}", path[..=n].join(".")));
+    }
+    cur
+}
+
+fn text_at<'a>(file: &str, v: &'a Value, path: &[&str]) -> &'a str {
+    at(file, v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{file}: {} is not a scalar", path.join(".")))
+}
+
+fn num_at(file: &str, v: &Value, path: &[&str]) -> u64 {
+    let t = text_at(file, v, path);
+    t.parse()
+        .unwrap_or_else(|_| panic!("{file}: {} = {t:?} is not a number", path.join(".")))
+}
+
+fn items<'a>(file: &str, v: &'a Value, path: &[&str]) -> &'a [Value] {
+    at(file, v, path)
+        .as_array()
+        .unwrap_or_else(|| panic!("{file}: {} is not a list", path.join(".")))
+}
+
+/// The element of a list whose `name` is `name`.
+fn named<'a>(file: &str, list: &'a [Value], name: &str, what: &str) -> &'a Value {
+    list.iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{file}: no {what} named {name:?}"))
+}
+
+fn string_map(file: &str, v: &Value, path: &[&str]) -> BTreeMap<String, String> {
+    at(file, v, path)
+        .as_object()
+        .unwrap_or_else(|| panic!("{file}: {} is not a mapping", path.join(".")))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+// ---- the Kubernetes objects ----
+
+fn deployment() -> Value {
+    let d = manifest(DEPLOYMENT);
+    assert_eq!(
+        text_at(DEPLOYMENT, &d, &["kind"]),
+        "Deployment",
+        "{DEPLOYMENT}: kind"
+    );
+    d
+}
+
+fn pod_spec(d: &Value) -> &Value {
+    at(DEPLOYMENT, d, &["spec", "template", "spec"])
+}
+
+/// The `phonegate` container.
+fn container(d: &Value) -> &Value {
+    named(
+        DEPLOYMENT,
+        items(DEPLOYMENT, pod_spec(d), &["containers"]),
+        "phonegate",
+        "container",
+    )
+}
+
+/// The Secret template's `stringData`.
+fn secret_data() -> BTreeMap<String, String> {
+    let s = manifest(SECRET);
+    assert_eq!(text_at(SECRET, &s, &["kind"]), "Secret", "{SECRET}: kind");
+    string_map(SECRET, &s, &["stringData"])
+}
+
+/// The container's environment as the pod gets it: literal values, and Secret references resolved
+/// from the Secret template.
+fn pod_env(d: &Value) -> HashMap<String, String> {
+    let secret = manifest(SECRET);
+    let secret_name = text_at(SECRET, &secret, &["metadata", "name"]);
+    let data = secret_data();
+    let mut env = HashMap::new();
+    for var in items(DEPLOYMENT, container(d), &["env"]) {
+        let name = text_at(DEPLOYMENT, var, &["name"]);
+        let value = if let Some(v) = var.get("value") {
+            v.as_str().unwrap_or_default().to_owned()
+        } else {
+            let r = at(DEPLOYMENT, var, &["valueFrom", "secretKeyRef"]);
+            let (sname, key) = (
+                text_at(DEPLOYMENT, r, &["name"]),
+                text_at(DEPLOYMENT, r, &["key"]),
+            );
+            assert_eq!(
+                sname, secret_name,
+                "{DEPLOYMENT}: env {name} reads Secret {sname:?}, but {SECRET} is {secret_name:?}"
+            );
+            data.get(key)
+                .unwrap_or_else(|| {
+                    panic!("{DEPLOYMENT}: env {name} reads key {key:?}, absent from {SECRET}")
+                })
+                .clone()
+        };
+        assert!(
+            env.insert(name.to_owned(), value).is_none(),
+            "{DEPLOYMENT}: env {name} set twice"
+        );
+    }
+    env
+}
+
+/// The `phonegate.toml` embedded in the ConfigMap.
+fn configmap_toml() -> String {
+    let cm = manifest(CONFIGMAP);
+    assert_eq!(
+        text_at(CONFIGMAP, &cm, &["kind"]),
+        "ConfigMap",
+        "{CONFIGMAP}: kind"
+    );
+    text_at(CONFIGMAP, &cm, &["data", "phonegate.toml"]).to_owned()
+}
+
+/// What a pod runs with: defaults, the ConfigMap's file, the Deployment's environment.
+fn pod_config(d: &Value) -> Config {
+    load(
+        &format!("{CONFIGMAP} with the env of {DEPLOYMENT}"),
+        &configmap_toml(),
+        &pod_env(d),
+    )
+}
+
+/// A container port named `name`, and a port reference (a name or a number) resolved against them.
+fn container_port(d: &Value, name: &str) -> u16 {
+    let port = named(
+        DEPLOYMENT,
+        items(DEPLOYMENT, container(d), &["ports"]),
+        name,
+        "containerPort",
+    );
+    num_at(DEPLOYMENT, port, &["containerPort"]) as u16
+}
+
+fn resolve_port(d: &Value, reference: &str) -> u16 {
+    reference
+        .parse()
+        .unwrap_or_else(|_| container_port(d, reference))
+}
+
+// ---- the Dockerfile ----
+
+struct Instruction {
+    stage: usize,
+    op: String,
+    args: String,
+}
+
+/// Instructions with line continuations joined and comments dropped; `stage` counts FROMs.
+fn dockerfile() -> Vec<Instruction> {
+    let text = read(DOCKERFILE);
+    let mut logical = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(t);
+                logical.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    assert!(
+        current.trim().is_empty(),
+        "{DOCKERFILE}: ends inside a line continuation"
+    );
+    let mut stage = 0;
+    logical
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (op, args) = l.trim().split_once(char::is_whitespace).unwrap_or((l, ""));
+            let op = op.to_ascii_uppercase();
+            if op == "FROM" {
+                stage += 1;
+            }
+            Instruction {
+                stage,
+                op,
+                args: args.trim().to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Whitespace-separated words, with double or single quotes grouping and removed.
+fn words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    let mut in_word = false;
+    for c in text.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (_, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// `ENV` settings of the final stage.
+fn docker_env(instructions: &[Instruction]) -> HashMap<String, String> {
+    let last = instructions.last().map_or(0, |i| i.stage);
+    let mut env = HashMap::new();
+    for i in instructions
+        .iter()
+        .filter(|i| i.op == "ENV" && i.stage == last)
+    {
+        for word in words(&i.args) {
+            let (k, v) = word
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{DOCKERFILE}: use ENV KEY=VALUE (got {:?})", i.args));
+            env.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    env
+}
+
+/// `COPY` instructions as (stage, `--from` stage or None for the build context, sources, dest).
+fn docker_copies(
+    instructions: &[Instruction],
+) -> Vec<(usize, Option<String>, Vec<String>, String)> {
+    instructions
+        .iter()
+        .filter(|i| i.op == "COPY" || i.op == "ADD")
+        .map(|i| {
+            let w = words(&i.args);
+            let from = w
+                .iter()
+                .find_map(|a| a.strip_prefix("--from=").map(str::to_owned));
+            let mut paths: Vec<String> = w.into_iter().filter(|a| !a.starts_with("--")).collect();
+            let dest = paths.pop().expect("COPY has a destination");
+            (i.stage, from, paths, dest)
+        })
+        .collect()
+}
+
+/// Where a COPY of `source` into `dest` puts it.
+fn copied_to(source: &str, dest: &str) -> String {
+    if dest.ends_with('/') {
+        let base = source
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or(source);
+        format!("{dest}{base}")
+    } else {
+        dest.to_owned()
+    }
+}
+
+// ---- the systemd unit ----
+
+/// `Key=Value` directives of the unit (comments skipped), in order.
+fn unit_directives() -> Vec<(String, String)> {
+    read(UNIT)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter(|l| !l.starts_with('['))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{UNIT}: not a directive: {l:?}"));
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect()
+}
+
+fn unit_values(directives: &[(String, String)], key: &str) -> Vec<String> {
+    directives
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+fn unit_value(directives: &[(String, String)], key: &str) -> String {
+    let values = unit_values(directives, key);
+    assert_eq!(
+        values.len(),
+        1,
+        "{UNIT}: expected one {key}=, got {values:?}"
+    );
+    values[0].clone()
+}
+
+/// A systemd time span: bare seconds or with units (`20`, `20s`, `1min 30s`).
+fn systemd_span(file: &str, value: &str) -> Duration {
+    if let Ok(secs) = value.parse::<u64>() {
+        return Duration::from_secs(secs);
+    }
+    humantime::parse_duration(value)
+        .unwrap_or_else(|e| panic!("{file}: {value:?} is not a time span: {e}"))
+}
+
+/// `KEY=VALUE` lines of an environment file.
+fn env_file(file: &str) -> HashMap<String, String> {
+    read(file)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{file}: not KEY=VALUE: {l:?}"));
+            (k.trim().to_owned(), words(v).join(" "))
+        })
+        .collect()
+}
+
+/// A path given to `key` in a TOML file, set or commented out (`# key = "..."`).
+fn toml_path_mention(file: &str, text: &str, key: &str) -> String {
+    text.lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .find_map(|l| {
+            let rest = l.strip_prefix(key)?.trim_start().strip_prefix('=')?;
+            Some(rest.trim().trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| panic!("{file}: no {key} line, set or commented"))
+}
+
+// ---- tests ----
+
+#[test]
+fn the_yaml_reader_understands_the_manifest_subset() {
+    let docs = yaml::parse(
+        "inline",
+        "a: 1 # note\nb:\n  - name: x\n    value: \"0.0.0.0:80\"\n  - name: y\n    valueFrom:\n      k: v\n\
+         c:\n- p\n- 'q r'\nd: [\"ALL\", b]\ne: |\n  # kept\n  k = \"v\"\n\n  [s]\nf: {}\n---\ng: h\n",
+    );
+    assert_eq!(docs.len(), 2);
+    let d = &docs[0];
+    assert_eq!(d["a"], "1");
+    assert_eq!(d["b"][0]["value"], "0.0.0.0:80");
+    assert_eq!(d["b"][1]["valueFrom"]["k"], "v");
+    assert_eq!(d["c"][1], "q r");
+    assert_eq!(d["d"][0], "ALL");
+    assert_eq!(d["e"], "# kept\nk = \"v\"\n\n[s]\n");
+    assert!(d["f"].as_object().is_some_and(|m| m.is_empty()));
+    assert_eq!(docs[1]["g"], "h");
+}
+
+#[test]
+fn unknown_environment_names_are_refused_so_the_name_checks_mean_something() {
+    for name in [
+        "PHONEGATE__SERVER__DRAIN_TIMEOUT",
+        "PHONEGATE__CACHE__KEYSECRET",
+        "PHONEGATE__ADMIN_LISTEN",
+    ] {
+        let env = HashMap::from([(name.to_owned(), PLACEHOLDER.to_owned())]);
+        assert!(
+            Config::load_with_env(None, Some(env)).is_err(),
+            "phonegate accepts the unknown name {name}: the checks of deploy/ names below would \
+             not catch a typo"
+        );
+    }
+}
+
+#[test]
+fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
+    // Values the files give in structured form.
+    let mut known: HashMap<String, (String, String)> = HashMap::new();
+    for (k, v) in docker_env(&dockerfile()) {
+        known.insert(k, (DOCKERFILE.to_owned(), v));
+    }
+    for (k, v) in pod_env(&deployment()) {
+        known.insert(k, (DEPLOYMENT.to_owned(), v));
+    }
+    for (k, v) in env_file(SYSTEMD_ENV) {
+        known.insert(k, (SYSTEMD_ENV.to_owned(), v));
+    }
+    for env in unit_values(&unit_directives(), "Environment") {
+        for word in words(&env) {
+            if let Some((k, v)) = word.split_once('=') {
+                known.insert(k.to_owned(), (UNIT.to_owned(), v.to_owned()));
+            }
+        }
+    }
+
+    let mut checked = 0;
+    for file in deploy_files() {
+        let text = read(&file);
+        let mut env = HashMap::new();
+        for (pos, _) in text.match_indices("PHONEGATE__") {
+            let tail = &text[pos..];
+            let len = tail
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..len];
+            if name.len() == "PHONEGATE__".len() || name.ends_with('_') {
+                continue; // the pattern itself (`PHONEGATE__<SECTION>__<KEY>`), not a name
+            }
+            // An inline `NAME=value` wins; then the value a structured file gives the name.
+            let inline = tail[len..].strip_prefix('=').map(|v| {
+                let v = v
+                    .split(|c: char| c.is_whitespace() || c == '`')
+                    .next()
+                    .unwrap_or("");
+                v.trim_matches(|c| c == '"' || c == '\'').to_owned()
+            });
+            let value = inline
+                .filter(|v| v_is_plain(v))
+                .or_else(|| known.get(name).map(|(_, v)| v.clone()))
+                .unwrap_or_else(|| PLACEHOLDER.to_owned());
+            let alone = HashMap::from([(name.to_owned(), value.clone())]);
+            if let Err(e) = Config::load_with_env(None, Some(alone)) {
+                panic!("{file}: {name}={value:?} is not accepted by phonegate: {e}");
+            }
+            env.insert(name.to_owned(), value);
+            checked += 1;
+        }
+        if let Err(e) = Config::load_with_env(None, Some(env.clone())) {
+            panic!("{file}: its PHONEGATE__ variables together are refused: {e} ({env:?})");
+        }
+    }
+    assert!(
+        checked >= 6,
+        "only {checked} PHONEGATE__ mentions found in deploy/"
+    );
+
+    // And the structured sources as whole environments (Secret values included).
+    for (file, env) in [
+        (DOCKERFILE, docker_env(&dockerfile())),
+        (DEPLOYMENT, pod_env(&deployment())),
+        (SYSTEMD_ENV, env_file(SYSTEMD_ENV)),
+    ] {
+        for name in env.keys() {
+            assert!(
+                name.starts_with("PHONEGATE__") || name == "PHONEGATE_CONFIG",
+                "{file}: {name} is not a phonegate variable (PHONEGATE__<SECTION>__<KEY> or \
+                 PHONEGATE_CONFIG)"
+            );
+        }
+        if let Err(e) = Config::load_with_env(None, Some(env)) {
+            panic!("{file}: its environment is refused by phonegate: {e}");
+        }
+    }
+}
+
+/// Inline values that are literal settings (addresses, paths, numbers) rather than placeholders.
+fn v_is_plain(v: &str) -> bool {
+    !v.is_empty() && !v.contains(['$', '<']) && !v.contains("...")
+}
+
+#[test]
+fn phonegate_config_is_the_variable_the_binary_reads() {
+    let main = read("src/main.rs");
+    assert!(
+        main.contains("env = \"PHONEGATE_CONFIG\""),
+        "src/main.rs no longer reads PHONEGATE_CONFIG, which {DOCKERFILE} and {DEPLOYMENT} set"
+    );
+
+    // The container starts with no arguments: PHONEGATE_CONFIG is how it finds the ConfigMap's
+    // file. Run the real binary that way, with the pod's environment.
+    let d = deployment();
+    let mut env = pod_env(&d);
+    let file = temp_file("configmap.toml", &configmap_toml());
+    env.insert(
+        "PHONEGATE_CONFIG".to_owned(),
+        file.to_string_lossy().into_owned(),
+    );
+    let out = run_binary(&["check-config".to_owned()], &env);
+    std::fs::remove_file(&file).ok();
+    assert!(
+        out.status.success(),
+        "{CONFIGMAP} + {DEPLOYMENT}: `phonegate check-config` with PHONEGATE_CONFIG fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("check-config prints JSON");
+    let cfg = pod_config(&d);
+    assert_eq!(
+        shown["listen"],
+        cfg.listen.to_string(),
+        "{DEPLOYMENT}: the binary's view differs"
+    );
+    assert_eq!(
+        shown["server"]["drain_timeout_ms"],
+        cfg.server.drain_timeout.as_millis() as u64,
+        "{CONFIGMAP}: the binary did not read the file named by PHONEGATE_CONFIG"
+    );
+}
+
+#[test]
+fn the_configmap_and_the_example_files_are_valid_configurations() {
+    let empty = HashMap::new();
+    let cm = load(CONFIGMAP, &configmap_toml(), &empty);
+    assert!(
+        matches!(cm.auth, phonegate::config::AuthConfig::Passthrough),
+        "{CONFIGMAP}: should default to passthrough mode (managed needs a key file and clients)"
+    );
+    load(SYSTEMD_TOML, &read(SYSTEMD_TOML), &empty);
+    // The image's baked file layer is the defaults file.
+    load("config/default.toml", &read("config/default.toml"), &empty);
+}
+
+#[test]
+fn deployment_mounts_the_configmap_where_phonegate_config_points() {
+    let d = deployment();
+    let env = pod_env(&d);
+    let config_path = env
+        .get("PHONEGATE_CONFIG")
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}: no PHONEGATE_CONFIG env"));
+    let cm = manifest(CONFIGMAP);
+    let cm_name = text_at(CONFIGMAP, &cm, &["metadata", "name"]);
+    let volume = items(DEPLOYMENT, pod_spec(&d), &["volumes"])
+        .iter()
+        .find(|v| v.pointer("/configMap/name").and_then(Value::as_str) == Some(cm_name))
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}: no volume of ConfigMap {cm_name:?}"));
+    let vname = text_at(DEPLOYMENT, volume, &["name"]);
+    let file_name = match volume.pointer("/configMap/items") {
+        Some(Value::Array(list)) => {
+            let item = list
+                .iter()
+                .find(|i| i["key"] == "phonegate.toml")
+                .unwrap_or_else(|| panic!("{DEPLOYMENT}: volume {vname} omits phonegate.toml"));
+            text_at(DEPLOYMENT, item, &["path"]).to_owned()
+        }
+        _ => "phonegate.toml".to_owned(),
+    };
+    let mount = named(
+        DEPLOYMENT,
+        items(DEPLOYMENT, container(&d), &["volumeMounts"]),
+        vname,
+        "volumeMount",
+    );
+    let mount_path = text_at(DEPLOYMENT, mount, &["mountPath"]);
+    assert_eq!(
+        format!("{}/{file_name}", mount_path.trim_end_matches('/')),
+        *config_path,
+        "{DEPLOYMENT}: PHONEGATE_CONFIG does not point at the mounted {CONFIGMAP} file"
+    );
+}
+
+#[test]
+fn ports_agree_across_env_dockerfile_deployment_and_service() {
+    // Dockerfile: the baked file plus its ENV.
+    let instructions = dockerfile();
+    let denv = docker_env(&instructions);
+    let image_cfg = load(
+        &format!("config/default.toml with the ENV of {DOCKERFILE}"),
+        &read("config/default.toml"),
+        &denv,
+    );
+    let exposed: BTreeSet<u16> = instructions
+        .iter()
+        .filter(|i| i.op == "EXPOSE")
+        .flat_map(|i| words(&i.args))
+        .map(|p| {
+            p.split('/')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{DOCKERFILE}: EXPOSE {p:?}"))
+        })
+        .collect();
+    for (what, addr) in [
+        ("listen", image_cfg.listen),
+        ("admin.listen", image_cfg.admin_listen),
+    ] {
+        assert!(
+            addr.ip().is_unspecified(),
+            "{DOCKERFILE}: {what} is {addr}; a container must listen on 0.0.0.0"
+        );
+        assert!(
+            exposed.contains(&addr.port()),
+            "{DOCKERFILE}: {what} port {} is not in EXPOSE {exposed:?}",
+            addr.port()
+        );
+    }
+
+    // Deployment: the pod's effective configuration.
+    let d = deployment();
+    let cfg = pod_config(&d);
+    let check = |what: &str, addr: SocketAddr, port_name: &str| {
+        assert!(
+            addr.ip().is_unspecified(),
+            "{DEPLOYMENT}: {what} is {addr}; the Service and the kubelet's probes cannot reach a \
+             pod listening on loopback"
+        );
+        assert_eq!(
+            container_port(&d, port_name),
+            addr.port(),
+            "{DEPLOYMENT}: containerPort {port_name:?} differs from {what} ({addr})"
+        );
+        assert!(
+            exposed.contains(&addr.port()),
+            "{DOCKERFILE}: EXPOSE {exposed:?} lacks the pod's {what} port {}",
+            addr.port()
+        );
+    };
+    check("listen", cfg.listen, "http");
+    check("admin.listen", cfg.admin_listen, "admin");
+
+    // Service: every target is a container port; http and admin reach the right listeners.
+    let svc = manifest(SERVICE);
+    let ports = items(SERVICE, &svc, &["spec", "ports"]);
+    for (name, want) in [
+        ("http", cfg.listen.port()),
+        ("admin", cfg.admin_listen.port()),
+    ] {
+        let port = named(SERVICE, ports, name, "port");
+        let target = text_at(SERVICE, port, &["targetPort"]);
+        assert_eq!(
+            resolve_port(&d, target),
+            want,
+            "{SERVICE}: port {name:?} targets {target:?}, not phonegate's {name} listener ({want})"
+        );
+    }
+
+    // Probes and the Prometheus annotations go to the admin listener.
+    let c = container(&d);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let port = text_at(DEPLOYMENT, c, &[probe, "httpGet", "port"]);
+        assert_eq!(
+            resolve_port(&d, port),
+            cfg.admin_listen.port(),
+            "{DEPLOYMENT}: {probe} port {port:?} is not the admin listener"
+        );
+    }
+    let ann = string_map(
+        DEPLOYMENT,
+        &d,
+        &["spec", "template", "metadata", "annotations"],
+    );
+    assert_eq!(
+        ann.get("prometheus.io/port").map(String::as_str),
+        Some(cfg.admin_listen.port().to_string().as_str()),
+        "{DEPLOYMENT}: prometheus.io/port is not the admin port"
+    );
+}
+
+#[tokio::test]
+async fn probe_paths_are_answered_by_the_admin_listener() {
+    let d = deployment();
+    let c = container(&d);
+    let liveness = text_at(DEPLOYMENT, c, &["livenessProbe", "httpGet", "path"]).to_owned();
+    let readiness = text_at(DEPLOYMENT, c, &["readinessProbe", "httpGet", "path"]).to_owned();
+    assert_eq!(liveness, "/healthz", "{DEPLOYMENT}: livenessProbe path");
+    assert_eq!(readiness, "/readyz", "{DEPLOYMENT}: readinessProbe path");
+    let metrics = string_map(
+        DEPLOYMENT,
+        &d,
+        &["spec", "template", "metadata", "annotations"],
+    )
+    .get("prometheus.io/path")
+    .cloned()
+    .unwrap_or_else(|| panic!("{DEPLOYMENT}: no prometheus.io/path annotation"));
+
+    let state = AppState::new(pod_config(&d)).expect("state from the pod's configuration");
+    let get = |path: String| {
+        let state = state.clone();
+        async move {
+            let req = Request::get(path.as_str())
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            phonegate::admin::handle(state, req)
+                .await
+                .expect("infallible")
+                .status()
+        }
+    };
+    for path in [&liveness, &readiness, &metrics] {
+        assert_eq!(
+            get(path.clone()).await,
+            StatusCode::OK,
+            "{DEPLOYMENT}: {path} is not answered 200 by phonegate's admin listener"
+        );
+    }
+    assert_eq!(
+        get("/healthz-typo".to_owned()).await,
+        StatusCode::NOT_FOUND,
+        "an unknown admin path must be a 404, or a typo'd probe path would pass"
+    );
+    state.start_draining();
+    assert_eq!(
+        get(readiness.clone()).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{DEPLOYMENT}: {readiness} must turn 503 while draining, so the pod leaves the endpoints"
+    );
+    assert_eq!(
+        get(liveness.clone()).await,
+        StatusCode::OK,
+        "{DEPLOYMENT}: {liveness} must stay 200 while draining, or the kubelet kills the drain"
+    );
+}
+
+#[test]
+fn termination_grace_covers_prestop_and_drain() {
+    let d = deployment();
+    let drain = pod_config(&d).server.drain_timeout;
+    let grace = Duration::from_secs(num_at(
+        DEPLOYMENT,
+        pod_spec(&d),
+        &["terminationGracePeriodSeconds"],
+    ));
+    let pre_stop = match container(&d).pointer("/lifecycle/preStop") {
+        None => Duration::ZERO,
+        Some(hook) => Duration::from_secs(num_at(DEPLOYMENT, hook, &["sleep", "seconds"])),
+    };
+    assert!(
+        grace > pre_stop + drain,
+        "{DEPLOYMENT}: terminationGracePeriodSeconds ({grace:?}) must exceed the preStop sleep \
+         ({pre_stop:?}) plus server.drain_timeout_ms from {CONFIGMAP} ({drain:?}), or the kubelet \
+         SIGKILLs requests mid-drain"
+    );
+}
+
+#[test]
+fn the_systemd_unit_uses_the_real_flag_exit_code_and_stop_timeout() {
+    let directives = unit_directives();
+    let env = env_file(SYSTEMD_ENV);
+    let systemd_toml = root().join(SYSTEMD_TOML).to_string_lossy().into_owned();
+
+    // Every command line of the unit that runs phonegate, run for real as `check-config`, with the
+    // example file in place of /etc/phonegate/phonegate.toml.
+    let mut config_path = None;
+    for key in ["ExecStart", "ExecReload", "ExecStartPre", "ExecStop"] {
+        for line in unit_values(&directives, key) {
+            let w = words(line.trim_start_matches(['-', '@', '+', '!', ':']));
+            if !w.first().is_some_and(|b| b.ends_with("/phonegate")) {
+                continue;
+            }
+            let flag = w.iter().position(|a| a == "--config").unwrap_or_else(|| {
+                panic!("{UNIT}: {key} runs phonegate without `--config PATH`: {line}")
+            });
+            let path = w.get(flag + 1).expect("--config has a value").clone();
+            if key == "ExecStart" {
+                config_path = Some(path.clone());
+            }
+            let mut args: Vec<String> = w[1..]
+                .iter()
+                .map(|a| {
+                    if *a == path {
+                        systemd_toml.clone()
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            if !args.iter().any(|a| a == "check-config") {
+                args.push("check-config".to_owned());
+            }
+            let out = run_binary(&args, &env);
+            assert!(
+                out.status.success(),
+                "{UNIT}: `{key}={line}` fails with {SYSTEMD_TOML} and {SYSTEMD_ENV}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let config_path = config_path.unwrap_or_else(|| panic!("{UNIT}: no ExecStart runs phonegate"));
+    assert_eq!(
+        config_path, "/etc/phonegate/phonegate.toml",
+        "{UNIT}: ExecStart reads another file than the one deploy/README.md installs"
+    );
+
+    // Bad configuration: the binary's exit code must be one systemd will not restart on.
+    let prevent: Vec<String> = unit_values(&directives, "RestartPreventExitStatus")
+        .iter()
+        .flat_map(|v| words(v))
+        .collect();
+    let mut bad_env = env.clone();
+    bad_env.insert("PHONEGATE__LISTEN".to_owned(), "not-an-address".to_owned());
+    let out = run_binary(
+        &[
+            "--config".to_owned(),
+            systemd_toml.clone(),
+            "check-config".to_owned(),
+        ],
+        &bad_env,
+    );
+    let code = out.status.code().expect("exit code").to_string();
+    assert_eq!(
+        code, "64",
+        "phonegate's bad-configuration exit code changed"
+    );
+    assert!(
+        prevent.contains(&code),
+        "{UNIT}: RestartPreventExitStatus {prevent:?} lacks {code}, phonegate's exit code for bad \
+         configuration: a typo would restart-loop"
+    );
+    assert_eq!(unit_value(&directives, "Restart"), "on-failure", "{UNIT}");
+
+    // Stop: longer than the drain.
+    let drain = load(SYSTEMD_TOML, &read(SYSTEMD_TOML), &env)
+        .server
+        .drain_timeout;
+    let stop = systemd_span(UNIT, &unit_value(&directives, "TimeoutStopSec"));
+    assert!(
+        stop > drain,
+        "{UNIT}: TimeoutStopSec ({stop:?}) must exceed server.drain_timeout_ms from \
+         {SYSTEMD_TOML} ({drain:?}), or systemd SIGKILLs requests mid-drain"
+    );
+    let kill = unit_values(&directives, "KillSignal");
+    assert!(
+        kill.is_empty() || kill == ["SIGTERM"],
+        "{UNIT}: KillSignal {kill:?}; phonegate drains on SIGTERM"
+    );
+    for (key, want) in [
+        ("Type", "exec"),
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("CapabilityBoundingSet", ""),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("EnvironmentFile", "-/etc/phonegate/phonegate.env"),
+    ] {
+        assert_eq!(unit_value(&directives, key), want, "{UNIT}: {key}");
+    }
+}
+
+#[test]
+fn systemd_credential_and_api_key_file_agree() {
+    let unit = read(UNIT);
+    // LoadCredential=NAME:SOURCE, active or commented out (managed mode only).
+    let cred = unit
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .find_map(|l| l.strip_prefix("LoadCredential="))
+        .unwrap_or_else(|| panic!("{UNIT}: no LoadCredential= line, set or commented"));
+    let (name, _source) = cred
+        .split_once(':')
+        .unwrap_or_else(|| panic!("{UNIT}: LoadCredential={cred} is not NAME:PATH"));
+    let unit_name = Path::new(UNIT)
+        .file_name()
+        .expect("unit file name")
+        .to_string_lossy();
+    let want = format!("/run/credentials/{unit_name}/{name}");
+    let path = toml_path_mention(SYSTEMD_TOML, &read(SYSTEMD_TOML), "api_key_file");
+    assert_eq!(
+        path, want,
+        "{SYSTEMD_TOML}: upstream.api_key_file is not where systemd puts the credential {name}"
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_locked_runs_non_root_and_points_phonegate_config_at_its_copy() {
+    let instructions = dockerfile();
+    let last = instructions.last().expect("instructions").stage;
+    assert!(last >= 2, "{DOCKERFILE}: expected a multi-stage build");
+
+    let builds: Vec<&Instruction> = instructions
+        .iter()
+        .filter(|i| i.op == "RUN" && i.args.contains("cargo build"))
+        .collect();
+    assert!(!builds.is_empty(), "{DOCKERFILE}: no `cargo build` step");
+    for b in &builds {
+        assert!(
+            b.args.contains("--locked"),
+            "{DOCKERFILE}: cargo build without --locked"
+        );
+        assert!(
+            b.args.contains("--release"),
+            "{DOCKERFILE}: cargo build without --release"
+        );
+        assert!(
+            b.stage < last,
+            "{DOCKERFILE}: the build runs in the runtime stage"
+        );
+    }
+
+    let final_stage: Vec<&Instruction> = instructions.iter().filter(|i| i.stage == last).collect();
+    let one = |op: &str| -> String {
+        let found: Vec<&&Instruction> = final_stage.iter().filter(|i| i.op == op).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{DOCKERFILE}: the runtime stage needs one {op}"
+        );
+        found[0].args.clone()
+    };
+    let user = one("USER");
+    let uid = user.split(':').next().unwrap_or_default();
+    assert!(
+        uid.parse::<u32>().is_ok_and(|n| n != 0),
+        "{DOCKERFILE}: USER {user:?} must be a numeric non-root uid (runAsNonRoot checks it)"
+    );
+    let stop = final_stage
+        .iter()
+        .find(|i| i.op == "STOPSIGNAL")
+        .map(|i| i.args.clone());
+    assert!(
+        stop.as_deref().is_none_or(|s| s == "SIGTERM" || s == "15"),
+        "{DOCKERFILE}: STOPSIGNAL {stop:?}; phonegate drains on SIGTERM"
+    );
+
+    // PHONEGATE_CONFIG names the file the runtime stage copies config/default.toml to.
+    let env = docker_env(&instructions);
+    let config_path = env
+        .get("PHONEGATE_CONFIG")
+        .unwrap_or_else(|| panic!("{DOCKERFILE}: no ENV PHONEGATE_CONFIG"));
+    let copies = docker_copies(&instructions);
+    let config_copy = copies
+        .iter()
+        .filter(|(stage, from, _, _)| *stage == last && from.is_none())
+        .find_map(|(_, _, sources, dest)| {
+            sources
+                .iter()
+                .find(|s| copied_to(s, dest) == *config_path)
+                .cloned()
+        })
+        .unwrap_or_else(|| {
+            panic!("{DOCKERFILE}: PHONEGATE_CONFIG={config_path} is not where any COPY puts a file")
+        });
+    assert!(
+        root().join(&config_copy).is_file(),
+        "{DOCKERFILE}: copies {config_copy}, which does not exist"
+    );
+
+    // ENTRYPOINT runs the binary copied from the build stage.
+    let entrypoint = one("ENTRYPOINT");
+    let argv: Vec<String> = serde_json::from_str(&entrypoint).unwrap_or_else(|_| {
+        panic!("{DOCKERFILE}: ENTRYPOINT must be exec form (JSON), so SIGTERM reaches phonegate")
+    });
+    let binary_copy = copies
+        .iter()
+        .filter(|(stage, from, _, _)| *stage == last && from.is_some())
+        .find(|(_, _, sources, dest)| sources.iter().any(|s| copied_to(s, dest) == argv[0]));
+    assert!(
+        binary_copy.is_some(),
+        "{DOCKERFILE}: ENTRYPOINT {} is not the binary copied from the build stage",
+        argv[0]
+    );
+}
+
+#[test]
+fn the_dockerfile_copies_everything_the_release_build_reads() {
+    let instructions = dockerfile();
+    let last = instructions.last().expect("instructions").stage;
+    let copied: Vec<String> = docker_copies(&instructions)
+        .into_iter()
+        .filter(|(stage, from, _, _)| *stage < last && from.is_none())
+        .flat_map(|(_, _, sources, _)| sources)
+        .map(|s| s.trim_start_matches("./").to_owned())
+        .collect();
+    for source in &copied {
+        assert!(
+            root().join(source).exists(),
+            "{DOCKERFILE}: COPY {source}, which does not exist in the repository"
+        );
+    }
+    let is_copied = |rel: &str| {
+        copied.iter().any(|c| {
+            let c = c.trim_end_matches('/');
+            rel == c || rel.starts_with(&format!("{c}/"))
+        })
+    };
+    let mut needed = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+
+    // Target and build-script paths declared in Cargo.toml must exist when cargo reads it.
+    let manifest = read("Cargo.toml");
+    for line in manifest.lines().map(str::trim) {
+        for key in ["path", "build"] {
+            if let Some(rest) = line
+                .strip_prefix(key)
+                .and_then(|r| r.trim_start().strip_prefix('='))
+            {
+                let value = rest.trim().trim_matches('"');
+                if !value.is_empty() && !line.contains('{') {
+                    needed.push(value.to_owned());
+                }
+            }
+        }
+    }
+    if root().join("build.rs").exists() {
+        needed.push("build.rs".to_owned());
+    }
+
+    // Files pulled into non-test code with include_str!/include_bytes!: a test module is assumed
+    // to start at the file's first #[cfg(test)].
+    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(&root().join("src"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        let live = &text[..text.find("#[cfg(test)]").unwrap_or(text.len())];
+        for mac in ["include_str!(\"", "include_bytes!(\""] {
+            for (pos, _) in live.match_indices(mac) {
+                let rest = &live[pos + mac.len()..];
+                let arg = &rest[..rest.find('"').expect("closing quote")];
+                let full = file.parent().expect("dir").join(arg);
+                let mut parts = Vec::new();
+                for c in full.strip_prefix(root()).expect("in repo").components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            parts.pop();
+                        }
+                        std::path::Component::Normal(s) => parts.push(s.to_string_lossy()),
+                        _ => {}
+                    }
+                }
+                needed.push(parts.join("/"));
+            }
+        }
+    }
+    for rel in needed {
+        assert!(
+            is_copied(&rel),
+            "{DOCKERFILE}: the release build reads {rel}, but the build stage does not COPY it"
+        );
+    }
+}
+
+#[test]
+fn the_kustomization_lists_every_manifest_but_the_secret_template() {
+    let k = manifest(KUSTOMIZATION);
+    let listed: BTreeSet<String> = items(KUSTOMIZATION, &k, &["resources"])
+        .iter()
+        .map(|v| v.as_str().expect("resource path").to_owned())
+        .collect();
+    let dir = root().join("deploy/kubernetes");
+    let mut present = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).expect("read deploy/kubernetes") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            present.insert(name);
+        }
+    }
+    for name in &listed {
+        assert!(
+            present.contains(name),
+            "{KUSTOMIZATION}: lists {name}, which does not exist"
+        );
+    }
+    for name in &present {
+        let example = name.ends_with(".example.yaml");
+        assert_eq!(
+            listed.contains(name),
+            !example,
+            "{KUSTOMIZATION}: {name} {}",
+            if example {
+                "holds placeholders and must not be applied with -k"
+            } else {
+                "is not listed in resources"
+            }
+        );
+        let doc = manifest(&format!("deploy/kubernetes/{name}"));
+        for key in ["apiVersion", "kind"] {
+            text_at(name, &doc, &[key]);
+        }
+        text_at(name, &doc, &["metadata", "name"]);
+    }
+}
+
+#[test]
+fn selectors_and_references_agree() {
+    let d = deployment();
+    let name = text_at(DEPLOYMENT, &d, &["metadata", "name"]);
+    let pod_labels = string_map(DEPLOYMENT, &d, &["spec", "template", "metadata", "labels"]);
+    let selects_pods = |file: &str, selector: BTreeMap<String, String>| {
+        assert!(!selector.is_empty(), "{file}: empty selector");
+        for (k, v) in &selector {
+            assert_eq!(
+                pod_labels.get(k),
+                Some(v),
+                "{file}: selector {k}={v} does not match the pod template labels {pod_labels:?}"
+            );
+        }
+    };
+    selects_pods(
+        DEPLOYMENT,
+        string_map(DEPLOYMENT, &d, &["spec", "selector", "matchLabels"]),
+    );
+    let svc = manifest(SERVICE);
+    assert_eq!(
+        text_at(SERVICE, &svc, &["spec", "type"]),
+        "ClusterIP",
+        "{SERVICE}: type"
+    );
+    selects_pods(SERVICE, string_map(SERVICE, &svc, &["spec", "selector"]));
+    let pdb = manifest(PDB);
+    selects_pods(
+        PDB,
+        string_map(PDB, &pdb, &["spec", "selector", "matchLabels"]),
+    );
+
+    let hpa = manifest(HPA);
+    assert_eq!(
+        text_at(HPA, &hpa, &["spec", "scaleTargetRef", "kind"]),
+        "Deployment",
+        "{HPA}: scaleTargetRef.kind"
+    );
+    assert_eq!(
+        text_at(HPA, &hpa, &["spec", "scaleTargetRef", "name"]),
+        name,
+        "{HPA}: scaleTargetRef.name is not the Deployment"
+    );
+    let (min, max) = (
+        num_at(HPA, &hpa, &["spec", "minReplicas"]),
+        num_at(HPA, &hpa, &["spec", "maxReplicas"]),
+    );
+    let replicas = num_at(DEPLOYMENT, &d, &["spec", "replicas"]);
+    assert!(
+        min <= replicas && replicas <= max,
+        "{DEPLOYMENT}: replicas {replicas} outside {HPA}'s {min}..={max}"
+    );
+    let min_available = num_at(PDB, &pdb, &["spec", "minAvailable"]);
+    assert!(
+        min_available < min,
+        "{PDB}: minAvailable {min_available} would block every eviction at {min} replicas"
+    );
+    let cpu_metric = items(HPA, &hpa, &["spec", "metrics"])
+        .iter()
+        .any(|m| m.pointer("/resource/name").and_then(Value::as_str) == Some("cpu"));
+    if cpu_metric {
+        text_at(DEPLOYMENT, container(&d), &["resources", "requests", "cpu"]);
+    }
+}
+
+#[test]
+fn the_secret_template_has_every_key_the_deployment_reads() {
+    let d = deployment();
+    let data = secret_data();
+    let secret = manifest(SECRET);
+    let secret_name = text_at(SECRET, &secret, &["metadata", "name"]);
+    // Environment references are resolved (and checked) by pod_env.
+    let env = pod_env(&d);
+    let key_secret = env
+        .get("PHONEGATE__CACHE__KEY_SECRET")
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}: PHONEGATE__CACHE__KEY_SECRET is not set"));
+    assert!(
+        key_secret.len() >= 16,
+        "{SECRET}: cache-key-secret is shorter than the 16 bytes phonegate requires"
+    );
+
+    // The upstream key file: mounted from the Secret, optional, where api_key_file points.
+    let volume = items(DEPLOYMENT, pod_spec(&d), &["volumes"])
+        .iter()
+        .find(|v| v.get("secret").is_some())
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}: no Secret volume for the upstream key"));
+    let vname = text_at(DEPLOYMENT, volume, &["name"]);
+    assert_eq!(
+        text_at(DEPLOYMENT, volume, &["secret", "secretName"]),
+        secret_name,
+        "{DEPLOYMENT}: volume {vname} mounts another Secret than {SECRET}"
+    );
+    assert_eq!(
+        text_at(DEPLOYMENT, volume, &["secret", "optional"]),
+        "true",
+        "{DEPLOYMENT}: volume {vname} must be optional: passthrough mode has no upstream key"
+    );
+    let item = &items(DEPLOYMENT, volume, &["secret", "items"])[0];
+    let key = text_at(DEPLOYMENT, item, &["key"]);
+    assert!(
+        data.contains_key(key),
+        "{DEPLOYMENT}: volume {vname} reads key {key:?}, absent from {SECRET}"
+    );
+    let mount = named(
+        DEPLOYMENT,
+        items(DEPLOYMENT, container(&d), &["volumeMounts"]),
+        vname,
+        "volumeMount",
+    );
+    let file = format!(
+        "{}/{}",
+        text_at(DEPLOYMENT, mount, &["mountPath"]).trim_end_matches('/'),
+        text_at(DEPLOYMENT, item, &["path"])
+    );
+    assert_eq!(
+        toml_path_mention(CONFIGMAP, &configmap_toml(), "api_key_file"),
+        file,
+        "{CONFIGMAP}: upstream.api_key_file is not where {DEPLOYMENT} mounts the key"
+    );
+}
+
+#[test]
+fn the_pod_runs_as_the_image_user_with_a_locked_down_context() {
+    let d = deployment();
+    let c = container(&d);
+    let user = dockerfile()
+        .into_iter()
+        .rev()
+        .find(|i| i.op == "USER")
+        .map(|i| i.args)
+        .unwrap_or_else(|| panic!("{DOCKERFILE}: no USER"));
+    let uid = user.split(':').next().unwrap_or_default().to_owned();
+    for (path, want) in [
+        (&["securityContext", "runAsNonRoot"][..], "true"),
+        (&["securityContext", "runAsUser"][..], uid.as_str()),
+        (&["securityContext", "readOnlyRootFilesystem"][..], "true"),
+        (
+            &["securityContext", "allowPrivilegeEscalation"][..],
+            "false",
+        ),
+        (
+            &["securityContext", "seccompProfile", "type"][..],
+            "RuntimeDefault",
+        ),
+    ] {
+        assert_eq!(
+            text_at(DEPLOYMENT, c, path),
+            want,
+            "{DEPLOYMENT}: container {} (image USER is {user})",
+            path.join(".")
+        );
+    }
+    let drop = items(DEPLOYMENT, c, &["securityContext", "capabilities", "drop"]);
+    assert!(
+        drop.iter().any(|v| v == "ALL"),
+        "{DEPLOYMENT}: capabilities.drop lacks ALL"
+    );
+}
+
+#[test]
+fn the_memory_limit_covers_the_cache_and_upstream_bodies_in_flight() {
+    fn quantity(file: &str, q: &str) -> u64 {
+        let units = [
+            ("Ki", 1u64 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("K", 1000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+        ];
+        for (suffix, factor) in units {
+            if let Some(n) = q.strip_suffix(suffix) {
+                let n: u64 = n
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"));
+                return n * factor;
+            }
+        }
+        q.parse()
+            .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"))
+    }
+    let d = deployment();
+    let cfg = pod_config(&d);
+    let c = container(&d);
+    let limit = quantity(
+        DEPLOYMENT,
+        text_at(DEPLOYMENT, c, &["resources", "limits", "memory"]),
+    );
+    let request = quantity(
+        DEPLOYMENT,
+        text_at(DEPLOYMENT, c, &["resources", "requests", "memory"]),
+    );
+    let worst =
+        cfg.cache.max_bytes + cfg.shield.max_in_flight as u64 * cfg.upstream.max_body_bytes as u64;
+    assert!(
+        limit > worst,
+        "{DEPLOYMENT}: memory limit {limit} B does not exceed cache.max_bytes plus \
+         upstream.max_in_flight x upstream.max_body_bytes from {CONFIGMAP} ({worst} B): the pod \
+         would be OOM-killed under load"
+    );
+    assert!(
+        request <= limit,
+        "{DEPLOYMENT}: memory request above the limit"
+    );
+}
+
+#[test]
+fn the_deployment_runs_this_version_of_the_image() {
+    let d = deployment();
+    let image = text_at(DEPLOYMENT, container(&d), &["image"]);
+    let (repo, tag) = image
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}: image {image:?} has no tag"));
+    assert!(repo.ends_with("phonegate"), "{DEPLOYMENT}: image {image:?}");
+    assert_eq!(
+        tag,
+        env!("CARGO_PKG_VERSION"),
+        "{DEPLOYMENT}: image tag differs from the crate version in Cargo.toml"
+    );
+}
