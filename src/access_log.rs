@@ -216,9 +216,11 @@ impl Visit for JsonFields<'_> {
     }
 }
 
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// Changes the operational log filter of a running process (a reload's `log.level`).
 pub struct LogControl {
-    set: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    set: SetLevel,
     from_env: bool,
 }
 

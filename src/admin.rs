@@ -89,7 +89,7 @@ where
         ("/cache/purge", _) if parts.method == Method::POST => {
             match authorize(&state, &parts.headers) {
                 Ok(()) => purge(&state, body).await,
-                Err(response) => response,
+                Err(refused) => refused.response(),
             }
         }
         ("/healthz" | "/readyz" | "/metrics" | "/config", false) => not_allowed("GET, HEAD"),
@@ -104,29 +104,45 @@ where
 
 /// Mutating calls need `Authorization: Bearer <admin.token>`, compared in constant time; with no
 /// token configured, only a loopback admin listener accepts them (nobody else can reach it).
-fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), Response<Body>> {
+fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), Refused> {
     let live = state.live();
     let Some(token) = &live.config.admin_token else {
         if live.config.admin_listen.ip().is_loopback() {
             return Ok(());
         }
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "set admin.token to allow admin changes on a non-loopback admin listener",
-        ));
+        return Err(Refused::NoTokenConfigured);
     };
     let presented = credential::bearer_token(headers.get_all(AUTHORIZATION).iter()).ok();
     let expected = token.expose().as_bytes();
     // ct_eq on slices of different lengths is false without comparing contents.
-    let matches = presented.is_some_and(|p| bool::from(p.ct_eq(expected)));
-    if matches {
+    if presented.is_some_and(|p| bool::from(p.ct_eq(expected))) {
         Ok(())
     } else {
-        let mut response = error(StatusCode::UNAUTHORIZED, "admin token missing or wrong");
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        Err(response)
+        Err(Refused::BadToken)
+    }
+}
+
+/// Why a mutating admin call was refused.
+enum Refused {
+    NoTokenConfigured,
+    BadToken,
+}
+
+impl Refused {
+    fn response(self) -> Response<Body> {
+        match self {
+            Refused::NoTokenConfigured => error(
+                StatusCode::FORBIDDEN,
+                "set admin.token to allow admin changes on a non-loopback admin listener",
+            ),
+            Refused::BadToken => {
+                let mut response = error(StatusCode::UNAUTHORIZED, "admin token missing or wrong");
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+        }
     }
 }
 

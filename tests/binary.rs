@@ -730,3 +730,167 @@ async fn refusals_and_stale_answers_are_logged_with_their_reason() {
     );
     assert_eq!(reason_of("reason-breaker").0, Value::from("breaker_open"));
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
+    let mock = MockVapi::start().await;
+    let file = temp_file("reload.toml", "[cache]\nttl_secs = 60\n");
+    let file_s = file.to_str().expect("utf-8 temp path").to_owned();
+    let proxy = Running::start(&mock.url(), &["--config", &file_s], &[]).await;
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(proxy.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    };
+    let x_cache = |resp: &Resp| resp.header("x-cache").map(str::to_owned);
+
+    // Cached under ttl 60 and the mask policy.
+    let twilio = proxy.url(&path(TWILIO_ID));
+    let first = get(&twilio, Some(TOKEN_A), "hup-1").await;
+    assert!(first.text().contains("[REDACTED]"));
+    assert_eq!(
+        x_cache(&get(&twilio, Some(TOKEN_A), "hup-2").await).as_deref(),
+        Some("hit")
+    );
+
+    // ttl 0: new lookups are no longer cached.
+    std::fs::write(&file, "[cache]\nttl_secs = 0\n").expect("rewrite config");
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let vapi = proxy.url(&path(VAPI_ID));
+    for n in 3..5 {
+        let resp = get(&vapi, Some(TOKEN_A), &format!("hup-{n}")).await;
+        assert_eq!(
+            x_cache(&resp).as_deref(),
+            Some("miss"),
+            "ttl 0 applies after SIGHUP"
+        );
+    }
+
+    // A bad file is rejected and the running configuration stays (ttl still 0).
+    std::fs::write(&file, "[cache]\nttl_secs = \"soon\"\n").expect("rewrite config");
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits_before = mock.hits();
+    for n in 5..7 {
+        let resp = get(&vapi, Some(TOKEN_A), &format!("hup-{n}")).await;
+        assert_eq!(resp.status, StatusCode::OK, "still serving");
+        assert_eq!(x_cache(&resp).as_deref(), Some("miss"));
+    }
+    assert_eq!(mock.hits(), hits_before + 2);
+
+    // A new redaction policy: the entry cached under the old one is never served again.
+    std::fs::write(
+        &file,
+        "[cache]\nttl_secs = 60\n[redact]\nmode = \"remove\"\n",
+    )
+    .expect("rewrite");
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = get(&twilio, Some(TOKEN_A), "hup-7").await;
+    assert_eq!(
+        x_cache(&after).as_deref(),
+        Some("miss"),
+        "old-policy entry not served"
+    );
+    assert!(!after.text().contains("[REDACTED]"), "remove mode applies");
+    assert!(!after.text().contains(PLANTED));
+
+    let (status, stdout, _) = proxy.terminate().await;
+    assert_eq!(exit_code(&status), Some(0));
+    let lines = json_lines(&stdout);
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.get("message").and_then(Value::as_str))
+        .collect();
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| **m == "configuration reloaded")
+            .count(),
+        2,
+        "{messages:?}"
+    );
+    let rejected = lines
+        .iter()
+        .find(|l| {
+            l.get("message").and_then(Value::as_str)
+                == Some("configuration reload rejected; keeping the running configuration")
+        })
+        .expect("a rejection line");
+    assert_eq!(rejected["level"], "ERROR");
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ttl_secs"),
+        "{rejected:?}"
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
+async fn check_config_prints_the_masked_configuration_or_exits_64() {
+    let good = temp_file(
+        "check-good.toml",
+        "[cache]\nttl_secs = 17\nkey_secret = \"check-config-secret-0123\"\n",
+    );
+    let good_s = good.to_str().expect("utf-8 temp path").to_owned();
+    let out = command(&["check-config", "--config", &good_s], &[])
+        .output()
+        .await
+        .expect("run check-config");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&stdout).expect("check-config prints JSON");
+    assert_eq!(v["cache"]["ttl_secs"], 17);
+    assert_eq!(v["cache"]["key_secret"], "(set)");
+    assert!(!stdout.contains("check-config-secret-0123"), "{stdout}");
+
+    let bad = temp_file("check-bad.toml", "[redact]\nmode = \"scramble\"\n");
+    let bad_s = bad.to_str().expect("utf-8 temp path").to_owned();
+    let out = command(&["check-config", "--config", &bad_s], &[])
+        .output()
+        .await
+        .expect("run check-config");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("redact.mode") && stderr.contains("scramble"),
+        "{stderr}"
+    );
+    // The environment layer applies to check-config too.
+    let out = command(&["check-config"], &[("PHONEGATE__CACHE__TTL_SECS", "soon")])
+        .output()
+        .await
+        .expect("run check-config");
+    assert_eq!(out.status.code(), Some(64));
+    let _ = std::fs::remove_file(&good);
+    let _ = std::fs::remove_file(&bad);
+}
+
+#[tokio::test]
+async fn hash_token_prints_the_sha256_of_stdin() {
+    use tokio::io::AsyncWriteExt;
+    let mut child = command(&["hash-token"], &[])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn hash-token");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"test\n").await.expect("write token");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("hash-token output");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "token_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+}
