@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{Empty, Full};
 use phonegate::config::Config;
 use phonegate::state::AppState;
 use serde_json::Value;
@@ -445,8 +445,14 @@ fn secret_data() -> BTreeMap<String, String> {
 }
 
 /// The container's environment as the pod gets it: literal values, and Secret references resolved
-/// from the Secret template.
+/// from the Secret template (an `optional` reference to a key the template lacks leaves the
+/// variable unset, as Kubernetes does).
 fn pod_env(d: &Value) -> HashMap<String, String> {
+    pod_env_with(d, None)
+}
+
+/// Like [`pod_env`], with `optional_value` for optional Secret keys the template lacks.
+fn pod_env_with(d: &Value, optional_value: Option<&str>) -> HashMap<String, String> {
     let secret = manifest(SECRET);
     let secret_name = text_at(SECRET, &secret, &["metadata", "name"]);
     let data = secret_data();
@@ -465,11 +471,15 @@ fn pod_env(d: &Value) -> HashMap<String, String> {
                 sname, secret_name,
                 "{DEPLOYMENT}: env {name} reads Secret {sname:?}, but {SECRET} is {secret_name:?}"
             );
-            data.get(key)
-                .unwrap_or_else(|| {
+            let optional = r.get("optional").and_then(Value::as_str) == Some("true");
+            match (data.get(key), optional, optional_value) {
+                (Some(value), _, _) => value.clone(),
+                (None, true, Some(value)) => value.to_owned(),
+                (None, true, None) => continue,
+                (None, false, _) => {
                     panic!("{DEPLOYMENT}: env {name} reads key {key:?}, absent from {SECRET}")
-                })
-                .clone()
+                }
+            }
         };
         assert!(
             env.insert(name.to_owned(), value).is_none(),
@@ -765,7 +775,7 @@ fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
     for (k, v) in docker_env(&dockerfile()) {
         known.insert(k, (DOCKERFILE.to_owned(), v));
     }
-    for (k, v) in pod_env(&deployment()) {
+    for (k, v) in pod_env_with(&deployment(), Some(PLACEHOLDER)) {
         known.insert(k, (DEPLOYMENT.to_owned(), v));
     }
     for (k, v) in env_file(SYSTEMD_ENV) {
@@ -824,6 +834,7 @@ fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
     for (file, env) in [
         (DOCKERFILE, docker_env(&dockerfile())),
         (DEPLOYMENT, pod_env(&deployment())),
+        (DEPLOYMENT, pod_env_with(&deployment(), Some(PLACEHOLDER))),
         (SYSTEMD_ENV, env_file(SYSTEMD_ENV)),
     ] {
         for name in env.keys() {
@@ -1082,6 +1093,52 @@ async fn probe_paths_are_answered_by_the_admin_listener() {
         get(liveness.clone()).await,
         StatusCode::OK,
         "{DEPLOYMENT}: {liveness} must stay 200 while draining, or the kubelet kills the drain"
+    );
+}
+
+#[tokio::test]
+async fn cache_purges_on_the_pod_admin_port_need_the_optional_token() {
+    let d = deployment();
+    let purge = |state: std::sync::Arc<AppState>, token: Option<&str>| {
+        let mut req = Request::post("/cache/purge");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from_static(b"{\"all\":true}")))
+            .expect("request");
+        async move {
+            phonegate::admin::handle(state, req)
+                .await
+                .expect("infallible")
+                .status()
+        }
+    };
+    // As the template is: no admin-token, so a non-loopback admin listener refuses purges.
+    let without = AppState::new(pod_config(&d)).expect("state");
+    assert_eq!(
+        purge(without, None).await,
+        StatusCode::FORBIDDEN,
+        "{DEPLOYMENT}: without admin-token in {SECRET}, POST /cache/purge should be refused as \
+         deploy/README.md says"
+    );
+    // With the optional key present in the Secret.
+    let env = pod_env_with(&d, Some(PLACEHOLDER));
+    assert_eq!(
+        env.get("PHONEGATE__ADMIN__TOKEN").map(String::as_str),
+        Some(PLACEHOLDER),
+        "{DEPLOYMENT}: the optional admin-token no longer reaches PHONEGATE__ADMIN__TOKEN"
+    );
+    let with = AppState::new(load(DEPLOYMENT, &configmap_toml(), &env)).expect("state");
+    assert_eq!(
+        purge(with.clone(), None).await,
+        StatusCode::UNAUTHORIZED,
+        "{DEPLOYMENT}: a purge without the token must be refused"
+    );
+    assert_eq!(
+        purge(with, Some(PLACEHOLDER)).await,
+        StatusCode::OK,
+        "{DEPLOYMENT}: a purge with PHONEGATE__ADMIN__TOKEN as bearer must be accepted"
     );
 }
 
@@ -1348,21 +1405,9 @@ fn the_dockerfile_copies_everything_the_release_build_reads() {
     };
     let mut needed = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
 
-    // Target and build-script paths declared in Cargo.toml must exist when cargo reads it.
-    let manifest = read("Cargo.toml");
-    for line in manifest.lines().map(str::trim) {
-        for key in ["path", "build"] {
-            if let Some(rest) = line
-                .strip_prefix(key)
-                .and_then(|r| r.trim_start().strip_prefix('='))
-            {
-                let value = rest.trim().trim_matches('"');
-                if !value.is_empty() && !line.contains('{') {
-                    needed.push(value.to_owned());
-                }
-            }
-        }
-    }
+    // Targets declared in Cargo.toml must exist whenever cargo reads it, even for a build of the
+    // binary alone; so must a build script.
+    needed.extend(cargo_declared_files(&read("Cargo.toml")));
     if root().join("build.rs").exists() {
         needed.push("build.rs".to_owned());
     }
@@ -1409,6 +1454,71 @@ fn the_dockerfile_copies_everything_the_release_build_reads() {
             "{DOCKERFILE}: the release build reads {rel}, but the build stage does not COPY it"
         );
     }
+}
+
+/// Files cargo needs to find when it reads `manifest`, whatever it builds: each `[[bench]]`,
+/// `[[test]]` and `[[example]]` table's `path` (or its conventional file), `src` for the library
+/// and binaries, and a `build` script.
+fn cargo_declared_files(manifest: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut section = String::new();
+    let mut target: Option<(String, Option<String>)> = None;
+    for line in manifest.lines().map(str::trim).chain(["[end]"]) {
+        if line.starts_with('[') {
+            if let Some((conventional, path)) = target.take() {
+                let file = path.unwrap_or(conventional);
+                assert!(
+                    !file.is_empty(),
+                    "Cargo.toml: a [[{section}]] table without name or path"
+                );
+                files.push(file);
+            }
+            section = line.trim_matches(['[', ']']).trim().to_owned();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim().trim_matches('"').to_owned());
+        let dir = match section.as_str() {
+            "bench" => "benches",
+            "test" => "tests",
+            "example" => "examples",
+            "bin" | "lib" => "src",
+            "package" if key == "build" && value != "false" && value != "true" => {
+                files.push(value);
+                continue;
+            }
+            _ => continue,
+        };
+        let entry = target.get_or_insert_with(|| (dir.to_owned(), None));
+        match key {
+            "name" if dir != "src" => entry.0 = format!("{dir}/{value}.rs"),
+            "path" => entry.1 = Some(value),
+            _ => {}
+        }
+    }
+    files
+}
+
+#[test]
+fn cargo_declared_files_reads_target_tables() {
+    let files = cargo_declared_files(
+        "[package]\nname = \"x\"\nbuild = \"gen.rs\"\n\n[lib]\nname = \"x\"\n\n\
+         [[bin]]\nname = \"x\"\npath = \"src/main.rs\"\n\n[[bench]]\nname = \"hit_path\"\n\
+         harness = false\n\n[[example]]\nname = \"demo\"\npath = \"demos/demo.rs\"\n\n\
+         [dependencies]\nfoo = { path = \"../foo\" }\n",
+    );
+    assert_eq!(
+        files,
+        [
+            "gen.rs",
+            "src",
+            "src/main.rs",
+            "benches/hit_path.rs",
+            "demos/demo.rs"
+        ]
+    );
 }
 
 #[test]
