@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -24,6 +23,7 @@ use tracing_subscriber::{EnvFilter, Layer, filter, reload};
 
 use crate::config::{LogConfig, LogFormat};
 use crate::credential::KeyId;
+use crate::log_writer::{BatchWriter, FlushGuard};
 
 /// The tracing target of access-log events.
 pub const TARGET: &str = "phonegate::access";
@@ -238,14 +238,13 @@ impl LogControl {
 /// Sets up logging to stdout for the whole process; keep the guard alive until exit so buffered
 /// lines are flushed.
 ///
-/// Lines go through a non-blocking writer so a slow stdout never stalls a request on a write; it
-/// is not lossy, so under extreme back-pressure requests wait rather than lines being dropped.
+/// Lines go through [`BatchWriter`], which writes them in batches from its own thread, so a
+/// request never waits on stdout; it is not lossy, so under extreme back-pressure requests wait
+/// rather than lines being dropped.
 /// `RUST_LOG`, when set, overrides `log.level` for operational logs; the access log is always on.
-pub fn init(config: &LogConfig) -> Result<(WorkerGuard, LogControl), String> {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("phonegate-log")
-        .finish(std::io::stdout());
+pub fn init(config: &LogConfig) -> Result<(FlushGuard, LogControl), String> {
+    let (writer, guard) =
+        BatchWriter::new(std::io::stdout()).map_err(|e| format!("cannot start logging: {e}"))?;
     let from_env = std::env::var_os("RUST_LOG").is_some();
     let ops_filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))

@@ -14,6 +14,7 @@ pub mod config;
 pub mod cors;
 pub mod credential;
 pub mod error;
+pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
 pub mod query;
