@@ -20,6 +20,7 @@
 //! fails: every error becomes a JSON answer in [`crate::response::from_error`].
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,12 +101,9 @@ where
         Preflight::Allowed => Ok(live.cors.preflight_response(&parts.headers)),
         Preflight::Refused => Err(ProxyError::OriginNotAllowed),
         Preflight::NotPreflight => {
-            let deadline = live.config.server.request_timeout;
-            match tokio::time::timeout(deadline, serve(&state, &live, &parts, body, &mut ctx)).await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ProxyError::RequestTimeout),
-            }
+            let deadline =
+                tokio::time::Instant::from_std(started) + live.config.server.request_timeout;
+            serve(&state, &live, &parts, body, deadline, &mut ctx).await
         }
     };
     let metrics = &state.metrics;
@@ -164,11 +162,14 @@ where
     Ok(response)
 }
 
+/// Everything that can wait (an upstream fetch, a write and its body) runs under the request
+/// deadline `deadline`; a cache hit never waits, so it pays for no timer.
 async fn serve<B>(
     state: &Arc<AppState>,
     live: &Arc<Live>,
     parts: &Parts,
     body: B,
+    deadline: tokio::time::Instant,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError>
 where
@@ -203,18 +204,32 @@ where
     let resource = match route {
         Route::Get(id) => Resource::PhoneNumber(id),
         Route::List(kind, query) => Resource::List(kind, Arc::from(query)),
-        Route::Create => return write(state, live, parts, body, &caller, Write::Create, ctx).await,
+        Route::Create => {
+            return within(
+                deadline,
+                write(state, live, parts, body, &caller, Write::Create, ctx),
+            )
+            .await;
+        }
         Route::Update(id) => {
-            return write(state, live, parts, body, &caller, Write::Update(id), ctx).await;
+            return within(
+                deadline,
+                write(state, live, parts, body, &caller, Write::Update(id), ctx),
+            )
+            .await;
         }
         Route::Delete(id) => {
-            return write(state, live, parts, body, &caller, Write::Delete(id), ctx).await;
+            return within(
+                deadline,
+                write(state, live, parts, body, &caller, Write::Delete(id), ctx),
+            )
+            .await;
         }
     };
     if !body.is_end_stream() {
         return Err(ProxyError::BodyNotAllowed);
     }
-    read(state, live, parts, resource, caller, ctx).await
+    read(state, live, parts, resource, caller, deadline, ctx).await
 }
 
 /// What a cacheable read needs to reach the upstream on behalf of one caller.
@@ -236,6 +251,7 @@ async fn read(
     parts: &Parts,
     resource: Resource,
     caller: Caller,
+    deadline: tokio::time::Instant,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let head = parts.method == Method::HEAD;
@@ -279,7 +295,7 @@ async fn read(
 
     // 4-6. Upstream fetch (gated, coalesced), response filter, cache store.
     ctx.cache = CacheStatus::Miss;
-    let result = fetch(state, live, lookup, ctx).await;
+    let result = within(deadline, fetch(state, live, lookup, ctx)).await;
 
     // 7. Response: the upstream's answer, or the stale stand-in if the upstream failed.
     if let Some(stale) = stand_in {
@@ -291,6 +307,16 @@ async fn read(
     }
     let entry = result?;
     Ok(respond(&entry, ctx.cache))
+}
+
+/// Runs `work` under the request deadline (`server.request_timeout_ms`).
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(ProxyError::RequestTimeout))
 }
 
 /// Why `result` counts as the upstream failing (so a stale answer may stand in), or `None` when
