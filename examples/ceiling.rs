@@ -30,7 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A JSON string padded to the requested size.
     let body = Bytes::from(format!("\"{}\"", "x".repeat(size.saturating_sub(2))));
     let listener = TcpListener::bind(listen).await?;
-    eprintln!("ceiling listening on http://{} ({} byte body)", listener.local_addr()?, body.len());
+    eprintln!(
+        "ceiling listening on http://{} ({} byte body)",
+        listener.local_addr()?,
+        body.len()
+    );
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = listener.accept().await?;
