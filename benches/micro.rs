@@ -198,9 +198,100 @@ fn bench_cache_hit(c: &mut Criterion) {
     g.finish();
 }
 
+/// The whole request handler on a cache hit (no sockets), and the share of it that metrics and
+/// the access log take.
+fn bench_hit_path(c: &mut Criterion) {
+    use http_body_util::{BodyExt, Empty};
+    use phonegate::access_log::{AccessLayer, AccessRecord};
+    use phonegate::metrics::{Metrics, RequestLabels};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = phonegate::config::Config::from_toml(
+        "[cache]\nkey_secret = \"bench-key-secret-0123456789\"\n",
+    )
+    .expect("config");
+    let state = runtime.block_on(async { phonegate::state::AppState::new(config).expect("state") });
+    let token = "bench-key-0001";
+    let the_id = id(1);
+    let answer = filter(
+        ok(Bytes::from_static(FIXTURE.as_bytes())),
+        &Policy::default(),
+        ttls(),
+        None,
+        Instant::now(),
+    )
+    .expect("fixture filters");
+    state.cache.insert(
+        CacheKey {
+            resource: Resource::PhoneNumber(the_id),
+            credential: state.fingerprinter.fingerprint(token.as_bytes()),
+        },
+        Arc::new(answer),
+    );
+    let uri = format!("/phone-number/{the_id}");
+    // The access log writes to a sink, as the binary writes to its batching writer.
+    let subscriber = tracing_subscriber::registry().with(AccessLayer::new(std::io::sink));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut g = c.benchmark_group("hit_path");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(50);
+    g.bench_function("handle_cache_hit", |b| {
+        b.iter(|| {
+            let req = http::Request::get(&uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let resp = runtime
+                .block_on(phonegate::proxy::handle(Arc::clone(&state), req))
+                .expect("infallible");
+            assert_eq!(resp.status(), StatusCode::OK);
+            black_box(runtime.block_on(resp.into_body().collect()).is_ok())
+        })
+    });
+    let metrics = Metrics::new();
+    g.bench_function("metrics_request", |b| {
+        b.iter(|| {
+            metrics.request(
+                black_box(RequestLabels {
+                    route: "get",
+                    status: 200,
+                    cache: "hit",
+                }),
+                black_box(0.0001),
+            )
+        })
+    });
+    g.bench_function("access_log_line", |b| {
+        b.iter(|| {
+            phonegate::access_log::emit(black_box(&AccessRecord {
+                request_id: "8d2760c4-0dbc-43bf-a963-67e748b154af",
+                method: "GET",
+                path: "/phone-number/3b1f6a52-8c7e-4d19-a2f4-6e0b9c3d7a15",
+                route: Some("get"),
+                client: None,
+                status: 200,
+                cache: "hit",
+                duration: Duration::from_micros(28),
+                upstream: None,
+                key_id: None,
+                reason: None,
+                coalesced: false,
+                bytes: 2931,
+            }))
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = bench_redact, bench_credential, bench_cache_key, bench_cache_hit
+    targets = bench_redact, bench_credential, bench_cache_key, bench_cache_hit, bench_hit_path
 }
 criterion_main!(benches);

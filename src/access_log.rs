@@ -76,7 +76,7 @@ pub fn emit(record: &AccessRecord<'_>) {
         cache = record.cache,
         duration_ms = millis(record.duration),
         upstream_ms = record.upstream.map(millis),
-        key_id = record.key_id.map(tracing::field::display),
+        key_id = record.key_id.as_ref().map(KeyId::hex).as_deref(),
         reason = record.reason,
         coalesced = record.coalesced,
         bytes = record.bytes,
@@ -136,13 +136,7 @@ where
 fn format_line(event: &Event<'_>, buf: &mut Vec<u8>) {
     let meta = event.metadata();
     buf.extend_from_slice(b"{\"timestamp\":\"");
-    let mut ts = String::with_capacity(32);
-    let _ = write!(
-        ts,
-        "{}",
-        humantime::format_rfc3339_micros(SystemTime::now())
-    );
-    buf.extend_from_slice(ts.as_bytes());
+    write_timestamp(buf, SystemTime::now());
     buf.extend_from_slice(b"\",\"level\":\"");
     buf.extend_from_slice(meta.level().as_str().as_bytes());
     buf.extend_from_slice(b"\",\"target\":");
@@ -160,7 +154,47 @@ fn format_line(event: &Event<'_>, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"}\n");
 }
 
+thread_local! {
+    // The formatted date and time of the last second seen on this thread: lines within one
+    // second share it, and only the microseconds are formatted per line.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// RFC 3339 UTC with microseconds (`2026-11-29T05:40:32.827074Z`).
+fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    SECOND.with(|cell| {
+        let Ok(mut cached) = cell.try_borrow_mut() else {
+            let _ = write!(buf, "{}", humantime::format_rfc3339_micros(now));
+            return;
+        };
+        if cached.0 != secs {
+            // humantime prints `YYYY-MM-DDTHH:MM:SSZ` for whole seconds; keep the first 19 bytes.
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            if text.len() >= 19 {
+                cached.1.copy_from_slice(&text.as_bytes()[..19]);
+                cached.0 = secs;
+            }
+        }
+        buf.extend_from_slice(&cached.1);
+        let _ = write!(buf, ".{:06}Z", since_epoch.subsec_micros());
+    });
+}
+
 fn json_str(buf: &mut Vec<u8>, s: &str) {
+    // Most values (ids, routes, hex, fixed reasons) need no escaping: copy them straight.
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        return;
+    }
     // Writing a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, s);
 }
@@ -381,6 +415,18 @@ mod tests {
         });
         assert_eq!(v["upstream_ms"], 12.0);
         assert_eq!(v["key_id"], key_id.to_string());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_394_832_827_074);
+        let mut buf = Vec::new();
+        write_timestamp(&mut buf, t);
+        write_timestamp(&mut buf, t + Duration::from_micros(5));
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "2025-11-29T05:40:32.827074Z2025-11-29T05:40:32.827079Z"
+        );
     }
 
     #[test]

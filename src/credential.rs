@@ -94,6 +94,32 @@ impl fmt::Debug for Fingerprint {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId([u8; 8]);
 
+impl KeyId {
+    /// The 16 hex digits, without allocating.
+    pub fn hex(&self) -> KeyIdHex {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        KeyIdHex(out)
+    }
+}
+
+/// A [`KeyId`] spelled out in hex, on the stack.
+#[derive(Clone, Copy)]
+pub struct KeyIdHex([u8; 16]);
+
+impl std::ops::Deref for KeyIdHex {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {
@@ -218,6 +244,7 @@ mod tests {
         let id = f.fingerprint(b"secret-token").key_id().to_string();
         assert_eq!(id.len(), 16);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(&*f.fingerprint(b"secret-token").key_id().hex(), id);
         assert!(!format!("{:?}", f.fingerprint(b"secret-token")).contains("secret"));
     }
 }
