@@ -10,7 +10,6 @@
 //! keyed fingerprint and fixed strings.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
