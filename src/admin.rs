@@ -163,6 +163,9 @@ where
     let Some(fields) = request.as_object().filter(|o| o.len() == 1) else {
         return error(StatusCode::BAD_REQUEST, USAGE);
     };
+    // A fetch in flight must not put back what is purged: move the epoch first, so a fetch that
+    // stores while the purge walks the cache sees it moved and takes its entry back out.
+    state.bump_write_epoch();
     let removed = match (fields.get("id"), fields.get("key_id"), fields.get("all")) {
         (Some(id), None, None) => {
             let Some(id) = id.as_str().and_then(|s| Uuid::try_parse(s).ok()) else {
@@ -183,8 +186,6 @@ where
         (None, None, Some(serde_json::Value::Bool(true))) => state.cache.invalidate_where(|_| true),
         _ => return error(StatusCode::BAD_REQUEST, USAGE),
     };
-    // A fetch in flight must not put back what was just purged.
-    state.bump_write_epoch();
     tracing::info!(purged = removed, "cache purge");
     json(
         StatusCode::OK,

@@ -614,7 +614,7 @@ impl RawSettings {
                     "server.header_timeout_ms",
                     self.server.header_timeout_ms,
                 )?,
-                drain_timeout: Duration::from_millis(self.server.drain_timeout_ms),
+                drain_timeout: millis("server.drain_timeout_ms", self.server.drain_timeout_ms)?,
                 max_connections: at_least_one(
                     "server.max_connections",
                     self.server.max_connections,
@@ -667,11 +667,14 @@ impl RawCache {
             }
         }
         Ok(CacheConfig {
-            ttl: Duration::from_secs(self.ttl_secs),
-            negative_ttl: Duration::from_secs(self.negative_ttl_secs),
-            list_ttl: Duration::from_secs(self.list_ttl_secs),
-            stale_while_revalidate: Duration::from_secs(self.stale_while_revalidate_secs),
-            stale_if_error: Duration::from_secs(self.stale_if_error_secs),
+            ttl: seconds("cache.ttl_secs", self.ttl_secs)?,
+            negative_ttl: seconds("cache.negative_ttl_secs", self.negative_ttl_secs)?,
+            list_ttl: seconds("cache.list_ttl_secs", self.list_ttl_secs)?,
+            stale_while_revalidate: seconds(
+                "cache.stale_while_revalidate_secs",
+                self.stale_while_revalidate_secs,
+            )?,
+            stale_if_error: seconds("cache.stale_if_error_secs", self.stale_if_error_secs)?,
             max_bytes: self.max_bytes,
             key_secret,
         })
@@ -795,9 +798,12 @@ fn validate_shield(upstream: &RawUpstream, limits: RawLimits) -> Result<ShieldCo
     Ok(ShieldConfig {
         max_in_flight,
         queue_timeout: positive_ms("upstream.queue_timeout_ms", upstream.queue_timeout_ms)?,
-        max_retry_after: Duration::from_secs(upstream.max_retry_after_secs),
+        max_retry_after: seconds(
+            "upstream.max_retry_after_secs",
+            upstream.max_retry_after_secs,
+        )?,
         breaker_failures,
-        breaker_open: Duration::from_secs(upstream.breaker.open_secs),
+        breaker_open: seconds("upstream.breaker.open_secs", upstream.breaker.open_secs)?,
         misses_per_sec_per_key: limits.misses_per_sec_per_key,
         miss_burst: limits.miss_burst,
         requests_per_sec_per_key: limits.requests_per_sec_per_key,
@@ -993,6 +999,28 @@ fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
     })
 }
 
+/// Longest duration any setting may hold: far beyond any sensible TTL or timeout, and far from
+/// the overflow that adding a larger one to a clock reading would cause.
+const MAX_SECS: u64 = 365 * 24 * 60 * 60;
+
+fn seconds(key: &'static str, secs: u64) -> Result<Duration, ConfigError> {
+    if secs > MAX_SECS {
+        return Err(invalid(
+            key,
+            secs,
+            format!("must be at most {MAX_SECS} (one year)"),
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn millis(key: &'static str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms / 1000 > MAX_SECS {
+        return Err(invalid(key, ms, "must be at most one year"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 fn positive_ms(key: &'static str, ms: u64) -> Result<Duration, ConfigError> {
     if ms == 0 {
         return Err(invalid(
@@ -1001,7 +1029,7 @@ fn positive_ms(key: &'static str, ms: u64) -> Result<Duration, ConfigError> {
             "must be a positive number of milliseconds",
         ));
     }
-    Ok(Duration::from_millis(ms))
+    millis(key, ms)
 }
 
 /// The environment has no way to say "unset" but an empty string, so empty means unset.
@@ -1029,9 +1057,16 @@ fn clean_names(key: &'static str, names: Vec<String>) -> Result<Vec<String>, Con
 }
 
 /// Checks `upstream.url` and returns it without a trailing slash, ready for `{base}/phone-number/{id}`.
-fn parse_base_url(value: &str) -> Result<String, ConfigError> {
+fn parse_base_url(raw: &str) -> Result<String, ConfigError> {
     const KEY: &str = "upstream.url";
-    let uri: http::Uri = value
+    // An unusable URL may still carry a key in its query or userinfo: never echo those parts.
+    let shown = if raw.contains('?') || raw.contains('@') {
+        "(hidden)"
+    } else {
+        raw
+    };
+    let value = shown;
+    let uri: http::Uri = raw
         .parse()
         .map_err(|_| invalid(KEY, value, "expected an absolute http:// or https:// URL"))?;
     match uri.scheme_str() {
@@ -1057,7 +1092,7 @@ fn parse_base_url(value: &str) -> Result<String, ConfigError> {
     if uri.query().is_some() {
         return Err(invalid(KEY, value, "the URL must not have a query string"));
     }
-    Ok(value.trim_end_matches('/').to_owned())
+    Ok(raw.trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]
@@ -1151,6 +1186,16 @@ mod tests {
             ),
             ("PHONEGATE__REDACT__MAX_DEPTH", "500", "redact.max_depth"),
             ("PHONEGATE__CACHE__TTL", "5", "ttl"),
+            (
+                "PHONEGATE__CACHE__TTL_SECS",
+                "99999999999",
+                "cache.ttl_secs",
+            ),
+            (
+                "PHONEGATE__SERVER__REQUEST_TIMEOUT_MS",
+                "18446744073709551615",
+                "request_timeout_ms",
+            ),
         ];
         for (key, value, expect_key) in cases {
             let err = Config::load_with_env(None, env(&[(key, value)]))
@@ -1194,6 +1239,7 @@ mod tests {
             let err = Config::from_toml(&toml).unwrap_err().to_string();
             assert!(err.contains("upstream.url"), "{url}: {err}");
             assert!(!err.contains("pw@"), "{err}");
+            assert!(!err.contains("a=1"), "the query is not echoed: {err}");
         }
     }
 

@@ -277,7 +277,7 @@ async fn read(
     let mut stand_in = None;
     let current = |e: &Arc<Entry>| e.policy_generation == live.policy_generation;
     if let Some(entry) = state.cache.get(&lookup.key).filter(current) {
-        match entry.staleness(Instant::now(), &live.lifetimes) {
+        match entry.staleness(Instant::now(), &live.lifetimes, &lookup.key.resource) {
             Staleness::Fresh => {
                 ctx.cache = CacheStatus::Hit;
                 return Ok(respond(&entry, ctx.cache));
@@ -304,6 +304,10 @@ async fn read(
             ctx.stale_reason = Some(why);
             return Ok(respond(&stale, ctx.cache));
         }
+    }
+    if matches!(result, Err(ProxyError::Refused(_))) {
+        // Refused before any upstream call: the cache had nothing to give.
+        ctx.cache = CacheStatus::None;
     }
     let entry = result?;
     Ok(respond(&entry, ctx.cache))
@@ -574,7 +578,18 @@ where
             Ttls::default(),
         )
         .await;
-        if matches!(&result, Ok(entry) if entry.status.is_success()) {
+        // Invalidate whenever the write may have landed: a 2xx (even one whose body could not be
+        // relayed) or an exchange that broke or timed out after the request was sent.
+        let may_have_landed = match &result {
+            Ok(entry) => entry.status.is_success(),
+            Err(
+                ProxyError::BadUpstreamBody(_)
+                | ProxyError::UpstreamTimeout
+                | ProxyError::UpstreamFailed,
+            ) => true,
+            Err(_) => false,
+        };
+        if may_have_landed {
             invalidate_after_write(&state, op, &caller);
         }
         (result, upstream)

@@ -79,14 +79,19 @@ pub fn apply(state: &AppState, mut new: Config) -> Result<Outcome, String> {
     let generation = current.policy_generation + u64::from(outcome.policy_changed);
     let live = Live::new(new, &state.fingerprinter, generation).map_err(|e| e.to_string())?;
     let shield_config = live.config.shield.clone();
+    if outcome.policy_changed {
+        // Fetches in flight under the old policy see the epoch move and neither store nor take
+        // new joiners; moved before the new snapshot is visible so no request can pair the new
+        // snapshot with the old epoch.
+        state.bump_write_epoch();
+    }
     state.set_live(live);
     if outcome.limits_changed {
         state.shield.set_limits(&shield_config);
     }
     if outcome.policy_changed {
         // Entries carry their policy generation, so none of the old ones is served from here on;
-        // fetches already in flight under the old policy see the epoch move and do not store.
-        state.bump_write_epoch();
+        // dropping them frees the memory.
         state.cache.invalidate_where(|_| true);
     }
     Ok(outcome)

@@ -85,7 +85,7 @@ async fn counters_match_a_known_sequence() {
             2.0,
         ),
         (
-            r#"phonegate_requests_total{route="get",status="429",cache="miss"}"#,
+            r#"phonegate_requests_total{route="get",status="429",cache="none"}"#,
             1.0,
         ),
         (

@@ -1146,3 +1146,63 @@ async fn a_lookup_issued_after_a_patch_succeeded_sees_the_patch() {
     let later = lookup(url).await;
     assert_eq!(later.json()["name"], "New name");
 }
+
+#[tokio::test]
+async fn a_write_whose_answer_cannot_be_relayed_still_invalidates() {
+    // The PATCH may have landed even though its 2xx body is unusable: the cached entry must go.
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+    assert_eq!(
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+            .await
+            .header("x-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+            .await
+            .header("x-cache"),
+        Some("hit")
+    );
+    mock.set_behavior(Behavior::Garbage);
+    let patch = support::send(
+        Request::patch(proxy.url(&path(TWILIO_ID)))
+            .header("authorization", format!("Bearer {TOKEN_A}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"name":"Renamed"}"#)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(patch.status, StatusCode::BAD_GATEWAY);
+    mock.set_behavior(Behavior::Normal);
+    let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
+    assert_eq!(
+        after.header("x-cache"),
+        Some("miss"),
+        "the old entry was dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_shortens_the_ttl_applies_to_entries_already_cached() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "[cache]\nttl_secs = 3600\n").await;
+    get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
+    assert_eq!(
+        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+            .await
+            .header("x-cache"),
+        Some("hit")
+    );
+    let mut config = proxy.state.live().config.clone();
+    config.cache.ttl = std::time::Duration::ZERO;
+    config.cache.stale_while_revalidate = std::time::Duration::ZERO;
+    phonegate::reload::apply(&proxy.state, config).expect("reload");
+    let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
+    assert_ne!(
+        after.header("x-cache"),
+        Some("hit"),
+        "ttl 0 now, the 3600 s entry is not fresh"
+    );
+    assert_eq!(mock.hits(), 2);
+}

@@ -137,14 +137,22 @@ impl Entry {
         now.saturating_duration_since(self.stored_at) < self.fresh_for
     }
 
-    /// Where the entry stands at `now` under `lifetimes`.
-    pub fn staleness(&self, now: Instant, lifetimes: &Lifetimes) -> Staleness {
+    /// Where the entry, cached for `resource`, stands at `now` under `lifetimes`. The current TTL
+    /// caps the one the entry was stored with, so a reload that shortens a TTL applies to entries
+    /// already cached too.
+    pub fn staleness(&self, now: Instant, lifetimes: &Lifetimes, resource: &Resource) -> Staleness {
+        let current = match self.status {
+            StatusCode::OK => lifetimes.ok_for(resource),
+            StatusCode::NOT_FOUND => lifetimes.not_found,
+            _ => Duration::ZERO,
+        };
+        let fresh = self.fresh_for.min(current);
         let age = now.saturating_duration_since(self.stored_at);
-        if age < self.fresh_for {
+        if age < fresh {
             Staleness::Fresh
-        } else if age < self.fresh_for + lifetimes.stale_while_revalidate {
+        } else if age < fresh.saturating_add(lifetimes.stale_while_revalidate) {
             Staleness::Revalidate
-        } else if age < self.fresh_for + lifetimes.stale_if_error {
+        } else if age < fresh.saturating_add(lifetimes.stale_if_error) {
             Staleness::IfError
         } else {
             Staleness::Expired
@@ -182,7 +190,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
         value: &Arc<Entry>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.fresh_for + self.stale_window)
+        Some(value.fresh_for.saturating_add(self.stale_window))
     }
 }
 
@@ -320,13 +328,20 @@ mod tests {
             stale_if_error: Duration::from_secs(300),
         };
         let e = entry("a", Duration::from_secs(10));
+        let r = Resource::PhoneNumber(Uuid::from_u128(1));
         let at = |s: u64| e.stored_at + Duration::from_secs(s);
-        assert_eq!(e.staleness(at(9), &lifetimes), Staleness::Fresh);
-        assert_eq!(e.staleness(at(10), &lifetimes), Staleness::Revalidate);
-        assert_eq!(e.staleness(at(39), &lifetimes), Staleness::Revalidate);
-        assert_eq!(e.staleness(at(40), &lifetimes), Staleness::IfError);
-        assert_eq!(e.staleness(at(309), &lifetimes), Staleness::IfError);
-        assert_eq!(e.staleness(at(310), &lifetimes), Staleness::Expired);
+        assert_eq!(e.staleness(at(9), &lifetimes, &r), Staleness::Fresh);
+        assert_eq!(e.staleness(at(10), &lifetimes, &r), Staleness::Revalidate);
+        assert_eq!(e.staleness(at(39), &lifetimes, &r), Staleness::Revalidate);
+        assert_eq!(e.staleness(at(40), &lifetimes, &r), Staleness::IfError);
+        assert_eq!(e.staleness(at(309), &lifetimes, &r), Staleness::IfError);
+        assert_eq!(e.staleness(at(310), &lifetimes, &r), Staleness::Expired);
+        // A shorter current TTL (a reload) caps the stored one.
+        let shorter = Lifetimes {
+            ok: Duration::from_secs(2),
+            ..lifetimes
+        };
+        assert_eq!(e.staleness(at(3), &shorter, &r), Staleness::Revalidate);
         assert_eq!(lifetimes.stale_window(), Duration::from_secs(300));
     }
 
