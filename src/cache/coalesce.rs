@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::oneshot;
 
 /// Whether this caller started the fetch or joined one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,8 @@ pub enum Role {
     Follower,
 }
 
-/// A fetch in flight; resolves to `None` if its task ended without a value (panicked).
+/// A fetch in flight; resolves to `None` if its task ended without a value (panicked, or was
+/// dropped by a runtime shutting down).
 pub type InFlight<V> = Shared<BoxFuture<'static, Option<V>>>;
 
 /// The in-flight fetches, by key.
@@ -52,20 +54,27 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let mut map = self.lock();
-        if let Some(existing) = map.get(&key) {
-            return (existing.clone(), Role::Follower);
+        let (done, result) = oneshot::channel::<V>();
+        let shared = async move { result.await.ok() }.boxed().shared();
+        {
+            let mut map = self.lock();
+            if let Some(existing) = map.get(&key) {
+                return (existing.clone(), Role::Follower);
+            }
+            map.insert(key.clone(), shared.clone());
         }
+        // Spawned after the lock is released: a runtime that is shutting down drops the future
+        // on the spot, and its guard then takes the lock to remove the key.
         let guard = RemoveOnDrop {
             coalescer: Arc::clone(self),
-            key: Some(key.clone()),
+            key: Some(key),
         };
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let _guard = guard;
-            fetch.await
+            let value = fetch.await;
+            // Waiters get the value before the key goes; if nobody waits any more, fine.
+            let _ = done.send(value);
         });
-        let shared = async move { task.await.ok() }.boxed().shared();
-        map.insert(key, shared.clone());
         (shared, Role::Leader)
     }
 
