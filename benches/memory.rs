@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
-use phonegate::cache::{CacheKey, Entry, Resource, ResponseCache};
+use phonegate::cache::{CacheKey, Entry, Resource, ResponseCache, Stamp};
 use phonegate::credential::{Fingerprint, Fingerprinter};
 use phonegate::redact::Policy;
 use phonegate::response_filter::{Ttls, filter};
@@ -178,7 +178,7 @@ fn fill(exact: bool) -> ExitCode {
             Arc::make_mut(&mut entry).body = body;
         }
         body_bytes += entry.body.len() as u64;
-        cache.insert(key, entry);
+        cache.insert(key, entry, Stamp::default());
     }
     cache.run_pending_tasks();
 
@@ -243,7 +243,7 @@ fn bound() -> ExitCode {
     // One entry's weight, as the cache charges it, decides how many make "4x max_bytes".
     let probe = ResponseCache::new(u64::MAX, Duration::ZERO);
     let (key, entry) = maker.make(u32::MAX);
-    probe.insert(key, entry);
+    probe.insert(key, entry, Stamp::default());
     probe.run_pending_tasks();
     let weight = probe.weighted_size();
     assert!(weight > 0, "the probe entry was cached");
@@ -257,7 +257,7 @@ fn bound() -> ExitCode {
     let cache = ResponseCache::new(BOUND_MAX_BYTES, Duration::ZERO);
     for i in 0..offered {
         let (key, entry) = maker.make(i);
-        cache.insert(key, entry);
+        cache.insert(key, entry, Stamp::default());
     }
     cache.run_pending_tasks();
 

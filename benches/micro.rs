@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderValue, Method, StatusCode};
-use phonegate::cache::{CacheKey, Entry, Resource, ResponseCache};
+use phonegate::cache::{CacheKey, Entry, Resource, ResponseCache, Stamp};
 use phonegate::credential::{Fingerprinter, bearer_token};
 use phonegate::redact::Policy;
 use phonegate::response_filter::{Ttls, filter};
@@ -172,7 +172,7 @@ fn bench_cache_hit(c: &mut Criterion) {
                 resource: Resource::PhoneNumber(id(i)),
                 credential,
             };
-            cache.insert(key.clone(), Arc::new(entry));
+            cache.insert(key.clone(), Arc::new(entry), Stamp::default());
             key
         })
         .collect();
@@ -225,7 +225,7 @@ fn bench_hit_path(c: &mut Criterion) {
         Instant::now(),
     )
     .expect("fixture filters");
-    state.cache.insert(
+    state.store.prime(
         CacheKey {
             resource: Resource::PhoneNumber(the_id),
             credential: state.fingerprinter.fingerprint(token.as_bytes()),
@@ -282,6 +282,7 @@ fn bench_hit_path(c: &mut Criterion) {
                 key_id: None,
                 reason: None,
                 coalesced: false,
+                tier: Some("l1"),
                 bytes: 2931,
             }))
         })

@@ -54,6 +54,9 @@ pub struct AccessRecord<'a> {
     pub reason: Option<&'static str>,
     /// Whether the request waited for another request's upstream fetch.
     pub coalesced: bool,
+    /// Which cache tier answered a hit or stale answer: `l1` (this replica's memory) or `l2`
+    /// (the shared Redis tier); `None` otherwise.
+    pub tier: Option<&'static str>,
     /// Response body bytes.
     pub bytes: u64,
 }
@@ -78,6 +81,7 @@ pub fn emit(record: &AccessRecord<'_>) {
         key_id = record.key_id.as_ref().map(KeyId::hex).as_deref(),
         reason = record.reason,
         coalesced = record.coalesced,
+        tier = record.tier,
         bytes = record.bytes,
         "request"
     );
@@ -375,6 +379,7 @@ mod tests {
             key_id: None,
             reason: None,
             coalesced: false,
+            tier: Some("l1"),
             bytes: 42,
         }
     }

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::cache::Resource;
-use crate::credential;
+use crate::cache::Scope;
+use crate::credential::{self, KeyId};
 use crate::error::json_error_body;
 use crate::response::Body;
 use crate::shield::breaker::BreakerState;
@@ -163,29 +163,26 @@ where
     let Some(fields) = request.as_object().filter(|o| o.len() == 1) else {
         return error(StatusCode::BAD_REQUEST, USAGE);
     };
-    // A fetch in flight must not put back what is purged: move the epoch first, so a fetch that
-    // stores while the purge walks the cache sees it moved and takes its entry back out.
-    state.bump_write_epoch();
-    let removed = match (fields.get("id"), fields.get("key_id"), fields.get("all")) {
-        (Some(id), None, None) => {
-            let Some(id) = id.as_str().and_then(|s| Uuid::try_parse(s).ok()) else {
-                return error(StatusCode::BAD_REQUEST, "id must be a UUID");
-            };
-            state
-                .cache
-                .invalidate_where(|k| k.resource == Resource::PhoneNumber(id))
-        }
-        (None, Some(key_id), None) => {
-            let Some(key_id) = key_id.as_str().map(str::to_ascii_lowercase) else {
-                return error(StatusCode::BAD_REQUEST, "key_id must be a string");
-            };
-            state
-                .cache
-                .invalidate_where(|k| k.credential.key_id().to_string() == key_id)
-        }
-        (None, None, Some(serde_json::Value::Bool(true))) => state.cache.invalidate_where(|_| true),
+    let scope = match (fields.get("id"), fields.get("key_id"), fields.get("all")) {
+        (Some(id), None, None) => match id.as_str().and_then(|s| Uuid::try_parse(s).ok()) {
+            Some(id) => Scope::Number(id),
+            None => return error(StatusCode::BAD_REQUEST, "id must be a UUID"),
+        },
+        (None, Some(key_id), None) => match key_id.as_str().and_then(KeyId::from_hex) {
+            Some(key_id) => Scope::Credential(key_id),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "key_id must be 16 hex digits, as logged in the access log",
+                );
+            }
+        },
+        (None, None, Some(serde_json::Value::Bool(true))) => Scope::All,
         _ => return error(StatusCode::BAD_REQUEST, USAGE),
     };
+    // Every replica drops its copies (through the shared tier, when there is one); a fetch in
+    // flight stores nothing it fetched before the purge. The count is of this replica's memory.
+    let removed = state.store.purge(scope).await;
     tracing::info!(purged = removed, "cache purge");
     json(
         StatusCode::OK,
@@ -206,16 +203,22 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
-    state.cache.run_pending_tasks();
-    let breaker = match state.shield.breaker_state() {
+    state.store.run_pending_tasks();
+    let gauge = |state: BreakerState| match state {
         BreakerState::Closed => 0,
         BreakerState::Open => 1,
         BreakerState::HalfOpen => 2,
     };
+    if let Some(tier) = state.store.tier() {
+        state
+            .metrics
+            .tier
+            .redis_breaker(gauge(tier.breaker_state()));
+    }
     let text = state.metrics.render(
-        state.cache.entry_count(),
-        state.cache.weighted_size(),
-        breaker,
+        state.store.entry_count(),
+        state.store.weighted_size(),
+        gauge(state.shield.breaker_state()),
     );
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(

@@ -16,6 +16,10 @@ use serde::Deserialize;
 
 use crate::redact;
 
+mod redis;
+
+pub use redis::RedisConfig;
+
 /// The text of `config/default.toml`: every setting's default, compiled into the binary.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -89,6 +93,7 @@ struct RawSettings {
     #[serde(default)]
     tls: RawTls,
     server: RawServer,
+    redis: redis::RawRedis,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +238,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Client-facing connection handling.
     pub server: ServerConfig,
+    /// The shared Redis tier; `None` (the default) is one instance, in memory.
+    pub redis: Option<RedisConfig>,
 }
 
 /// A secret setting: compared and used, never shown by `{:?}`.
@@ -579,6 +586,7 @@ impl Config {
                 "request_timeout_ms": ms(self.server.request_timeout),
                 "max_request_body_bytes": self.server.max_request_body_bytes,
             },
+            "redis": RedisConfig::to_masked_json(self.redis.as_ref()),
         })
     }
 }
@@ -588,7 +596,10 @@ impl RawSettings {
         let shield = validate_shield(&self.upstream, self.limits)?;
         let auth = validate_auth(self.auth, &self.upstream)?;
         let cors_allowed_origins = validate_origins(self.cors.allowed_origins)?;
+        let cache = self.cache.validate()?;
+        let redis = self.redis.validate(cache.key_secret.is_some())?;
         Ok(Config {
+            redis,
             shield,
             auth,
             cors_allowed_origins,
@@ -605,7 +616,7 @@ impl RawSettings {
                 token => token.map(Secret),
             },
             upstream: self.upstream.validate()?,
-            cache: self.cache.validate()?,
+            cache,
             redact: self.redact.validate()?,
             log: self.log.validate()?,
             tls: self.tls.validate()?,

@@ -76,6 +76,17 @@ fn is_b64token(token: &[u8]) -> bool {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    /// All 32 bytes in hex: the form in shared-tier key names and messages (keyed, so it tells
+    /// nothing about the credential to someone without `cache.key_secret`).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads [`Fingerprint::to_hex`]'s form back.
+    pub fn from_hex(text: &str) -> Option<Fingerprint> {
+        decode_hex::<32>(text).map(Fingerprint)
+    }
+
     /// The short public form logged as `key_id`: the first 8 bytes in hex.
     pub fn key_id(&self) -> KeyId {
         let mut out = [0u8; 8];
@@ -95,6 +106,11 @@ impl fmt::Debug for Fingerprint {
 pub struct KeyId([u8; 8]);
 
 impl KeyId {
+    /// Reads a `key_id` as logged (16 hex digits, any case).
+    pub fn from_hex(text: &str) -> Option<KeyId> {
+        decode_hex::<8>(text).map(KeyId)
+    }
+
     /// The 16 hex digits, without allocating.
     pub fn hex(&self) -> KeyIdHex {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -135,6 +151,19 @@ impl fmt::Debug for KeyId {
     }
 }
 
+fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
 /// Computes fingerprints with the process's key.
 #[derive(Clone)]
 pub struct Fingerprinter {
@@ -172,6 +201,25 @@ impl fmt::Debug for Fingerprinter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_forms_round_trip() {
+        let f = Fingerprinter::new(Some("0123456789abcdef"))
+            .unwrap()
+            .fingerprint(b"k");
+        assert_eq!(Fingerprint::from_hex(&f.to_hex()), Some(f));
+        let id = f.key_id();
+        assert_eq!(KeyId::from_hex(&id.to_string().to_uppercase()), Some(id));
+        for bad in [
+            "",
+            "zz",
+            "0123456789abcde",
+            "0123456789abcdefg",
+            "é123456789abcde",
+        ] {
+            assert_eq!(KeyId::from_hex(bad), None, "{bad:?}");
+        }
+    }
 
     fn parse(values: &[&str]) -> Result<Vec<u8>, AuthError> {
         let values: Vec<HeaderValue> = values

@@ -26,5 +26,6 @@ pub mod route;
 pub mod server;
 pub mod shield;
 pub mod state;
+pub mod tier;
 pub mod tls;
 pub mod upstream;

@@ -42,6 +42,26 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabel {
+    tier: &'static str,
+}
+
 /// Every metric phonegate exports.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +77,116 @@ pub struct Metrics {
     cache_entries: Gauge,
     cache_bytes: Gauge,
     breaker_open: Gauge,
+    /// The shared Redis tier's metrics (all zero while it is off).
+    pub tier: TierMetrics,
+}
+
+/// Metrics of the shared Redis tier.
+pub struct TierMetrics {
+    l2_lookups: Family<ResultLabel, Counter>,
+    redis_duration: Histogram,
+    redis_failures: Family<KindLabel, Counter>,
+    redis_breaker: Gauge,
+    fill_waits: Family<OutcomeLabel, Counter>,
+    invalidations: Family<DirectionLabel, Counter>,
+    fills_refused: Family<TierLabel, Counter>,
+}
+
+impl TierMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let l2_lookups = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "l2_lookups",
+            "Lookups in the shared Redis tier (L2), by result: hit, miss, error",
+            l2_lookups.clone(),
+        );
+        // 50 µs to ~200 ms: loopback and same-zone Redis sit at the bottom, timeouts at the top.
+        let redis_duration = Histogram::new(exponential_buckets(0.00005, 2.0, 13));
+        registry.register(
+            "redis_command_duration_seconds",
+            "Redis command latency (each call phonegate makes, including scripts)",
+            redis_duration.clone(),
+        );
+        let redis_failures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "redis_failures",
+            "Redis calls that failed, by kind: timeout, error, breaker_open (not attempted)",
+            redis_failures.clone(),
+        );
+        let redis_breaker = Gauge::default();
+        registry.register(
+            "redis_breaker_state",
+            "Redis circuit breaker: 0 closed, 1 open, 2 half-open (probing)",
+            redis_breaker.clone(),
+        );
+        let fill_waits = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "fill_waits",
+            "Waits for another replica's fetch of the same entry, by outcome: filled, \
+             released (the other replica gave up), timeout, error",
+            fill_waits.clone(),
+        );
+        let invalidations = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "invalidations",
+            "Cross-replica invalidation messages, by direction: sent, received",
+            invalidations.clone(),
+        );
+        let fills_refused = Family::<TierLabel, Counter>::default();
+        registry.register(
+            "fills_refused",
+            "Answers not stored because an invalidation happened while they were fetched, by tier",
+            fills_refused.clone(),
+        );
+        TierMetrics {
+            l2_lookups,
+            redis_duration,
+            redis_failures,
+            redis_breaker,
+            fill_waits,
+            invalidations,
+            fills_refused,
+        }
+    }
+
+    /// Counts one L2 lookup (`hit`, `miss`, `error`).
+    pub fn l2_lookup(&self, result: &'static str) {
+        self.l2_lookups.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Times one Redis call.
+    pub fn redis_call(&self, seconds: f64) {
+        self.redis_duration.observe(seconds);
+    }
+
+    /// Counts one failed or skipped Redis call (`timeout`, `error`, `breaker_open`).
+    pub fn redis_failure(&self, kind: &'static str) {
+        self.redis_failures.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Sets the Redis breaker gauge (0 closed, 1 open, 2 half-open).
+    pub fn redis_breaker(&self, state: i64) {
+        self.redis_breaker.set(state);
+    }
+
+    /// Counts one wait for another replica's fetch (`filled`, `released`, `timeout`, `error`).
+    pub fn fill_wait(&self, outcome: &'static str) {
+        self.fill_waits
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts one invalidation message (`sent`, `received`).
+    pub fn invalidation(&self, direction: &'static str) {
+        self.invalidations
+            .get_or_create(&DirectionLabel { direction })
+            .inc();
+    }
+
+    /// Counts one fill refused by the generation check (`l1`, `l2`).
+    pub fn fill_refused(&self, tier: &'static str) {
+        self.fills_refused.get_or_create(&TierLabel { tier }).inc();
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -147,7 +277,9 @@ impl Metrics {
             "Upstream circuit breaker: 0 closed, 1 open, 2 half-open (probing)",
             breaker_open.clone(),
         );
+        let tier = TierMetrics::register(&mut registry);
         Metrics {
+            tier,
             registry,
             requests,
             request_duration,

@@ -35,7 +35,7 @@ use uuid::Uuid;
 use crate::access_log::{self, AccessRecord};
 use crate::auth::Caller;
 use crate::cache::coalesce::Role;
-use crate::cache::{CacheKey, Entry, Resource, Staleness};
+use crate::cache::{CacheKey, Entry, Fetched, Fill, Resource, Scope, Staleness};
 use crate::cors::Preflight;
 use crate::credential::KeyId;
 use crate::error::ProxyError;
@@ -54,15 +54,6 @@ const COALESCE_MARGIN: Duration = Duration::from_secs(1);
 /// Longest caller-supplied request id that is reused as is.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The outcome of one upstream fetch, shared by every request that waited for it.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    /// The answer to send, or why there is none.
-    pub result: Result<Arc<Entry>, ProxyError>,
-    /// How long the upstream exchange took; `None` when no upstream call was made.
-    pub upstream: Option<Duration>,
-}
-
 /// Per-request state that the phases fill in and the access log reads.
 #[derive(Debug)]
 pub struct RequestContext {
@@ -75,6 +66,8 @@ pub struct RequestContext {
     coalesced: bool,
     /// Why a stale answer was served, for the access log.
     stale_reason: Option<&'static str>,
+    /// Which cache tier answered (`l1`, `l2`), for the access log.
+    tier: Option<&'static str>,
 }
 
 /// Serves one request. Never fails and never panics on input: every refusal is a JSON answer.
@@ -94,6 +87,7 @@ where
         upstream: None,
         coalesced: false,
         stale_reason: None,
+        tier: None,
     };
     let head = parts.method == Method::HEAD;
     let live = state.live();
@@ -157,6 +151,7 @@ where
         key_id: ctx.key_id,
         reason,
         coalesced: ctx.coalesced,
+        tier: ctx.tier,
         bytes,
     });
     Ok(response)
@@ -199,6 +194,7 @@ where
     state
         .shield
         .check_request(&caller.limit_key)
+        .await
         .map_err(ProxyError::Refused)?;
 
     let resource = match route {
@@ -236,9 +232,6 @@ where
 #[derive(Clone)]
 struct Lookup {
     key: CacheKey,
-    /// The write epoch when the request arrived: it joins only fetches of the same epoch, so an
-    /// answer fetched before a write never reaches a request made after it.
-    epoch: u64,
     limit_key: crate::credential::Fingerprint,
     authorization: HeaderValue,
     request_id: HeaderValue,
@@ -266,29 +259,41 @@ async fn read(
     };
     let lookup = Lookup {
         key,
-        epoch: state.write_epoch(),
         limit_key: caller.limit_key,
         authorization: caller.upstream_authorization,
         request_id: ctx.request_id.clone(),
     };
 
-    // 3. Cache lookup: fresh is a hit; within stale-while-revalidate, the old answer now and one
-    // refresh in the background; within stale-if-error, a stand-in should the upstream fail.
+    // 3. Cache lookup, in memory (L1) then in the shared tier (L2): fresh is a hit; within
+    // stale-while-revalidate, the old answer now and one refresh in the background; within
+    // stale-if-error, a stand-in should the upstream fail.
     let mut stand_in = None;
-    let current = |e: &Arc<Entry>| e.policy_generation == live.policy_generation;
-    if let Some(entry) = state.cache.get(&lookup.key).filter(current) {
+    let mut found = state
+        .store
+        .lookup(&lookup.key, live.policy_generation)
+        .map(|entry| (entry, "l1"));
+    if found.is_none() && state.store.is_shared() {
+        found = state
+            .store
+            .lookup_shared(&lookup.key, &live.view())
+            .await
+            .map(|entry| (entry, "l2"));
+    }
+    if let Some((entry, tier)) = found {
         match entry.staleness(Instant::now(), &live.lifetimes, &lookup.key.resource) {
             Staleness::Fresh => {
                 ctx.cache = CacheStatus::Hit;
+                ctx.tier = Some(tier);
                 return Ok(respond(&entry, ctx.cache));
             }
             Staleness::Revalidate => {
                 refresh_in_background(state, live, lookup);
                 ctx.cache = CacheStatus::Stale;
+                ctx.tier = Some(tier);
                 ctx.stale_reason = Some("revalidating");
                 return Ok(respond(&entry, ctx.cache));
             }
-            Staleness::IfError => stand_in = Some(entry),
+            Staleness::IfError => stand_in = Some((entry, tier)),
             Staleness::Expired => {}
         }
     }
@@ -298,9 +303,10 @@ async fn read(
     let result = within(deadline, fetch(state, live, lookup, ctx)).await;
 
     // 7. Response: the upstream's answer, or the stale stand-in if the upstream failed.
-    if let Some(stale) = stand_in {
+    if let Some((stale, tier)) = stand_in {
         if let Some(why) = upstream_failure(&result) {
             ctx.cache = CacheStatus::Stale;
+            ctx.tier = Some(tier);
             ctx.stale_reason = Some(why);
             return Ok(respond(&stale, ctx.cache));
         }
@@ -342,7 +348,7 @@ async fn fetch(
     lookup: Lookup,
     ctx: &mut RequestContext,
 ) -> Result<Arc<Entry>, ProxyError> {
-    let inflight = match state.inflight.get(&(lookup.key.clone(), lookup.epoch)) {
+    let inflight = match state.store.flight(&lookup.key) {
         // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
         Some(inflight) => {
             ctx.coalesced = true;
@@ -356,23 +362,33 @@ async fn fetch(
                     &lookup.key.credential,
                     Instant::now(),
                 )
+                .await
                 .map_err(ProxyError::Refused)?;
             let key = lookup.key.clone();
-            let flight = (key.clone(), lookup.epoch);
-            let task = fetch_task(Arc::clone(state), Arc::clone(live), lookup, pass);
-            let (inflight, role) = state.inflight.join_or_start(flight, task);
+            let task_state = Arc::clone(state);
+            let task_live = Arc::clone(live);
+            let (inflight, role) = state.store.join_or_start(&key, &live.view(), |fill| {
+                fetch_task(task_state, task_live, lookup, pass, fill)
+            });
             if role == Role::Follower {
                 // Someone started the same fetch between our check and now.
-                state.shield.release(&key.credential, pass);
+                state.shield.release(&key.credential, pass).await;
                 ctx.coalesced = true;
             }
             inflight
         }
     };
-    let wait = live.config.shield.queue_timeout + live.config.upstream.timeout + COALESCE_MARGIN;
+    let wait = live.config.shield.queue_timeout
+        + live.config.upstream.timeout
+        + fill_wait(live)
+        + COALESCE_MARGIN;
     match tokio::time::timeout(wait, inflight).await {
         Ok(Some(fetched)) => {
             ctx.upstream = fetched.upstream;
+            if fetched.shared {
+                // Another replica fetched it for everyone; this request waited for that fetch.
+                ctx.coalesced = true;
+            }
             fetched.result
         }
         Ok(None) => Err(ProxyError::FetcherVanished),
@@ -380,31 +396,57 @@ async fn fetch(
     }
 }
 
+/// How long a fetch may wait for another replica's fill before fetching itself.
+fn fill_wait(live: &Live) -> Duration {
+    live.config
+        .redis
+        .as_ref()
+        .map_or(Duration::ZERO, |redis| redis.fill_wait)
+}
+
 /// Starts one background refresh of a stale entry, unless one is already in flight or the
 /// shield says no (cool-down, open breaker): then the stale entry simply keeps serving.
 fn refresh_in_background(state: &Arc<AppState>, live: &Arc<Live>, lookup: Lookup) {
-    let flight = (lookup.key.clone(), lookup.epoch);
-    if state.inflight.get(&flight).is_some() {
+    if state.store.flight(&lookup.key).is_some() {
         return;
     }
-    let Ok(pass) = state
-        .shield
-        .admit(None, &lookup.key.credential, Instant::now())
-    else {
-        return;
-    };
-    let key = lookup.key.clone();
-    let task = fetch_task(Arc::clone(state), Arc::clone(live), lookup, pass);
-    let (_inflight, role) = state.inflight.join_or_start(flight, task);
-    if role == Role::Follower {
-        state.shield.release(&key.credential, pass);
-    }
+    let state = Arc::clone(state);
+    let live = Arc::clone(live);
+    tokio::spawn(async move {
+        let credential = lookup.key.credential;
+        let Ok(pass) = state.shield.admit(None, &credential, Instant::now()).await else {
+            return;
+        };
+        let key = lookup.key.clone();
+        let task_state = Arc::clone(&state);
+        let task_live = Arc::clone(&live);
+        let (_inflight, role) = state.store.join_or_start(&key, &live.view(), |fill| {
+            fetch_task(task_state, task_live, lookup, pass, fill)
+        });
+        if role == Role::Follower {
+            state.shield.release(&credential, pass).await;
+        }
+    });
 }
 
-/// The one upstream call for a key: waits for a slot, calls, filters, reports to the shield, and
-/// stores the answer before any waiter sees it.
-async fn fetch_task(state: Arc<AppState>, live: Arc<Live>, lookup: Lookup, pass: Pass) -> Fetched {
-    let epoch = lookup.epoch;
+/// The one upstream call for a key: with the shared tier, first the chance to use another
+/// replica's fetch; then waits for a slot, calls, filters, reports to the shield, and stores the
+/// answer (if nothing invalidated it meanwhile) before any waiter sees it.
+async fn fetch_task(
+    state: Arc<AppState>,
+    live: Arc<Live>,
+    lookup: Lookup,
+    pass: Pass,
+    mut fill: Fill,
+) -> Fetched {
+    if let Some(entry) = fill.coordinate(live.policy_generation).await {
+        state.shield.release(&lookup.key.credential, pass).await;
+        return Fetched {
+            result: Ok(entry),
+            upstream: None,
+            shared: true,
+        };
+    }
     let ttls = Ttls {
         ok: live.lifetimes.ok_for(&lookup.key.resource),
         not_found: live.lifetimes.not_found,
@@ -423,26 +465,12 @@ async fn fetch_task(state: Arc<AppState>, live: Arc<Live>, lookup: Lookup, pass:
         ttls,
     )
     .await;
-    match &result {
-        // A write since this fetch began may have changed the answer: serve it, but do not keep
-        // it. The epoch is checked again after the insert, so a write landing between the check
-        // and the insert cannot leave the older answer behind.
-        Ok(entry) if entry.is_cacheable() && state.write_epoch() == epoch => {
-            state.cache.insert(lookup.key.clone(), Arc::clone(entry));
-            if state.write_epoch() != epoch {
-                state.cache.invalidate(&lookup.key);
-            }
-        }
-        // The credential lost access: whatever it could read before must not be served stale.
-        Ok(entry)
-            if entry.status == StatusCode::UNAUTHORIZED
-                || entry.status == StatusCode::FORBIDDEN =>
-        {
-            state.cache.invalidate(&lookup.key)
-        }
-        _ => {}
+    fill.finish(&result).await;
+    Fetched {
+        result,
+        upstream,
+        shared: false,
     }
-    Fetched { result, upstream }
 }
 
 /// One gated upstream exchange: slot, call, response filter, shield and metrics bookkeeping.
@@ -462,7 +490,7 @@ async fn call_upstream(
     let slot = match state.shield.slot().await {
         Ok(slot) => slot,
         Err(refusal) => {
-            state.shield.release(upstream_key, pass);
+            state.shield.release(upstream_key, pass).await;
             return (Err(ProxyError::Refused(refusal)), None);
         }
     };
@@ -499,7 +527,8 @@ async fn call_upstream(
     }
     state
         .shield
-        .record(*upstream_key, pass, Health::of(&result), Instant::now());
+        .record(*upstream_key, pass, Health::of(&result), Instant::now())
+        .await;
     (result, Some(elapsed))
 }
 
@@ -556,6 +585,7 @@ where
             &caller.upstream_key,
             Instant::now(),
         )
+        .await
         .map_err(ProxyError::Refused)?;
     // The exchange runs as its own task: if the caller hangs up mid-write, the write still
     // completes upstream, so the invalidation below must still happen.
@@ -590,7 +620,7 @@ where
             Err(_) => false,
         };
         if may_have_landed {
-            invalidate_after_write(&state, op, &caller);
+            invalidate_after_write(&state, op, &caller).await;
         }
         (result, upstream)
     });
@@ -607,18 +637,16 @@ where
 }
 
 /// After a successful write: every cached entry of that phone number, whichever credential
-/// fetched it, and the caller's cached lists.
-fn invalidate_after_write(state: &AppState, op: Write, caller: &Caller) {
-    state.bump_write_epoch();
-    let id = match op {
-        Write::Update(id) | Write::Delete(id) => Some(id),
-        Write::Create => None,
-    };
-    let credential = caller.upstream_key;
-    state.cache.invalidate_where(|key| match &key.resource {
-        Resource::PhoneNumber(entry_id) => Some(*entry_id) == id,
-        Resource::List(..) => key.credential == credential,
-    });
+/// fetched it, and the caller's cached lists; on this replica, in the shared tier and on every
+/// other replica.
+async fn invalidate_after_write(state: &AppState, op: Write, caller: &Caller) {
+    if let Write::Update(id) | Write::Delete(id) = op {
+        state.store.invalidate(Scope::Number(id)).await;
+    }
+    state
+        .store
+        .invalidate(Scope::Lists(caller.upstream_key))
+        .await;
 }
 
 /// Reads and checks a write's body: JSON by content type and by content, within the size cap,

@@ -102,6 +102,9 @@ pub enum Mode {
     Remove,
 }
 
+/// Version of the built-in redaction rules; part of [`Policy::identity`].
+pub const RULES_VERSION: u32 = 1;
+
 /// A compiled redaction policy: mode, configured extra/allowed names and the nesting limit.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -195,6 +198,28 @@ impl Policy {
     /// The configured [`Mode`].
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// A short, stable name of what this policy does, for the shared tier's key names: replicas
+    /// only share entries redacted by the same rules. It covers the configuration and
+    /// [`RULES_VERSION`], the version of the built-in rules (bump it whenever they change, so a
+    /// rolling update never serves entries redacted by the older release's rules).
+    pub fn identity(&self) -> String {
+        let mut extra = self.extra.clone();
+        extra.sort();
+        extra.dedup();
+        let mut allow = self.allow.clone();
+        allow.sort();
+        allow.dedup();
+        let description = format!(
+            "rules={RULES_VERSION}|mode={:?}|extra={}|allow={}|depth={}",
+            self.mode,
+            extra.join(","),
+            allow.join(","),
+            self.max_depth
+        );
+        let hash = blake3::hash(description.as_bytes());
+        hash.to_hex()[..16].to_owned()
     }
 
     /// Redacts `value` in place and returns how many values were hidden (each masked or removed

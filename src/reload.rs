@@ -6,6 +6,7 @@
 //! the outcome so the log can say a restart is needed. A new redaction policy starts a new policy
 //! generation: entries redacted under the old one are never served again and are dropped.
 
+use crate::cache::Scope;
 use crate::config::Config;
 use crate::state::{AppState, Live};
 
@@ -61,6 +62,7 @@ pub fn apply(state: &AppState, mut new: Config) -> Result<Outcome, String> {
     keep!("server.header_timeout_ms", server.header_timeout);
     keep!("server.drain_timeout_ms", server.drain_timeout);
     keep!("server.max_connections", server.max_connections);
+    keep!("redis", redis);
     if tls_paths(&new) != tls_paths(old) {
         outcome.restart_needed.push("tls");
         new.tls = old.tls.clone();
@@ -80,19 +82,16 @@ pub fn apply(state: &AppState, mut new: Config) -> Result<Outcome, String> {
     let live = Live::new(new, &state.fingerprinter, generation).map_err(|e| e.to_string())?;
     let shield_config = live.config.shield.clone();
     if outcome.policy_changed {
-        // Fetches in flight under the old policy see the epoch move and neither store nor take
-        // new joiners; moved before the new snapshot is visible so no request can pair the new
-        // snapshot with the old epoch.
-        state.bump_write_epoch();
+        // Fetches in flight under the old policy store nothing and take no new joiners;
+        // invalidated before the new snapshot is visible so no request can pair the new
+        // snapshot with an old fetch. Entries also carry their policy generation (and shared-tier
+        // names the policy's identity), so none of the old ones is served from here on.
+        state.store.invalidate_local(Scope::All);
     }
+    state.store.extend_horizon(live.horizon());
     state.set_live(live);
     if outcome.limits_changed {
         state.shield.set_limits(&shield_config);
-    }
-    if outcome.policy_changed {
-        // Entries carry their policy generation, so none of the old ones is served from here on;
-        // dropping them frees the memory.
-        state.cache.invalidate_where(|_| true);
     }
     Ok(outcome)
 }

@@ -2,31 +2,35 @@
 //! Settings that may change on reload live in one swappable snapshot, [`Live`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::auth::Authenticator;
-use crate::cache::coalesce::Coalescer;
-use crate::cache::{CacheKey, Lifetimes, ResponseCache};
+use crate::cache::store::View;
+use crate::cache::{Lifetimes, Store};
 use crate::config::{AuthConfig, Config};
 use crate::cors::Cors;
 use crate::credential::Fingerprinter;
 use crate::metrics::Metrics;
-use crate::proxy::Fetched;
 use crate::redact::Policy;
 use crate::shield::Shield;
+use crate::tier::Tier;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
 
-/// Shared state: the live settings, cache, in-flight fetches, upstream client, shield, metrics.
+/// How much longer than a fetch may take (queue wait plus upstream exchange) a fill lock lives:
+/// it should only ever expire when its holder vanished.
+const FILL_LOCK_MARGIN: Duration = Duration::from_secs(1);
+
+/// Shared state: the live settings, cache, upstream client, shield, metrics.
 pub struct AppState {
     /// Settings and what is derived from them; replaced whole by a reload.
     live: ArcSwap<Live>,
-    /// Redacted answers by (resource, credential).
-    pub cache: ResponseCache,
-    /// Upstream fetches in flight, by cache key and the write epoch they started in.
-    pub inflight: Arc<Coalescer<(CacheKey, u64), Fetched>>,
+    /// Redacted answers by (resource, credential), in memory and, optionally, in Redis; and the
+    /// fetches in flight.
+    pub store: Arc<Store>,
     /// The upstream client.
     pub upstream: Upstream,
     /// Keyed credential fingerprints.
@@ -34,10 +38,7 @@ pub struct AppState {
     /// Limits, cool-downs, breaker and concurrency cap in front of the upstream.
     pub shield: Shield,
     /// Prometheus metrics.
-    pub metrics: Metrics,
-    /// Bumped by every successful write, purge and policy change; a fetch that started before
-    /// one does not store its (possibly outdated) answer.
-    write_epoch: AtomicU64,
+    pub metrics: Arc<Metrics>,
     draining: AtomicBool,
 }
 
@@ -48,6 +49,8 @@ pub struct Live {
     pub config: Config,
     /// The redaction policy.
     pub policy: Policy,
+    /// Its [`Policy::identity`]: shared-tier entries are filed under it.
+    pub policy_id: String,
     /// Freshness and stale windows of cached answers.
     pub lifetimes: Lifetimes,
     /// Who callers are and which credential goes upstream.
@@ -61,6 +64,23 @@ pub struct Live {
 }
 
 impl Live {
+    /// What the cache store needs of this snapshot.
+    pub fn view(&self) -> View<'_> {
+        View {
+            policy_id: &self.policy_id,
+            policy_generation: self.policy_generation,
+            lifetimes: self.lifetimes,
+        }
+    }
+
+    /// The longest an entry can live under these settings: freshness plus stale window.
+    pub fn horizon(&self) -> Duration {
+        let l = &self.lifetimes;
+        l.ok.max(l.not_found)
+            .max(l.list)
+            .saturating_add(l.stale_window())
+    }
+
     /// Builds the snapshot for `config`, whose redaction policy is generation `policy_generation`.
     pub fn new(
         config: Config,
@@ -79,8 +99,10 @@ impl Live {
             AuthConfig::Managed { api_key, .. } => Some(api_key.clone()),
             AuthConfig::Passthrough => None,
         };
+        let policy = config.redact.policy();
         Ok(Live {
-            policy: config.redact.policy(),
+            policy_id: policy.identity(),
+            policy,
             lifetimes,
             auth,
             cors: Cors::new(&config.cors_allowed_origins),
@@ -100,6 +122,8 @@ pub enum StateError {
     Random(String),
     /// The auth settings could not be used.
     Auth(String),
+    /// The shared tier's settings could not be used.
+    Redis(String),
 }
 
 impl std::fmt::Display for StateError {
@@ -108,6 +132,7 @@ impl std::fmt::Display for StateError {
             StateError::Tls(e) => e.fmt(f),
             StateError::Random(e) => write!(f, "cannot generate a random cache.key_secret: {e}"),
             StateError::Auth(e) => f.write_str(e),
+            StateError::Redis(e) => f.write_str(e),
         }
     }
 }
@@ -120,24 +145,38 @@ impl AppState {
         let upstream = Upstream::new(&config.upstream).map_err(StateError::Tls)?;
         let fingerprinter = Fingerprinter::new(config.cache.key_secret.as_deref())
             .map_err(|e| StateError::Random(e.to_string()))?;
-        let cache = ResponseCache::new(
-            config.cache.max_bytes,
-            config
-                .cache
-                .stale_while_revalidate
-                .max(config.cache.stale_if_error),
-        );
-        let shield = Shield::new(&config.shield);
+        let metrics = Arc::new(Metrics::new());
+        let tier = match &config.redis {
+            Some(redis) => {
+                let fill_lock =
+                    config.shield.queue_timeout + config.upstream.timeout + FILL_LOCK_MARGIN;
+                Some(Arc::new(
+                    Tier::new(redis, fill_lock, Arc::clone(&metrics)).map_err(StateError::Redis)?,
+                ))
+            }
+            None => None,
+        };
+        let shield = Shield::new(&config.shield, tier.clone());
+        let stale_window = config
+            .cache
+            .stale_while_revalidate
+            .max(config.cache.stale_if_error);
+        let max_bytes = config.cache.max_bytes;
         let live = Live::new(config, &fingerprinter, 0)?;
+        let store = Store::new(
+            max_bytes,
+            stale_window,
+            live.horizon(),
+            tier,
+            Arc::clone(&metrics),
+        );
         Ok(Arc::new(AppState {
             live: ArcSwap::from_pointee(live),
-            cache,
-            inflight: Arc::default(),
+            store,
             upstream,
             fingerprinter,
             shield,
-            metrics: Metrics::new(),
-            write_epoch: AtomicU64::new(0),
+            metrics,
             draining: AtomicBool::new(false),
         }))
     }
@@ -155,16 +194,6 @@ impl AppState {
     /// Whether shutdown has begun (readiness answers 503 from then on).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
-    }
-
-    /// The current write epoch.
-    pub fn write_epoch(&self) -> u64 {
-        self.write_epoch.load(Ordering::Acquire)
-    }
-
-    /// Records a successful write (see `write_epoch`).
-    pub fn bump_write_epoch(&self) {
-        self.write_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Marks the start of shutdown.

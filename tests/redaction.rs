@@ -364,14 +364,18 @@ async fn the_cache_holds_only_redacted_bytes() {
                 credential: state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
             };
             assert!(
-                state.cache.get_fresh(&key, Instant::now()).is_none(),
+                state
+                    .store
+                    .lookup(&key, state.live().policy_generation)
+                    .is_none(),
                 "{provider}: empty at start"
             );
             let resp = get(&proxy, &path(id), Some(TOKEN_A)).await;
             assert_redacted(&resp, provider, mode, &format!("{provider} {mode:?}"));
             let entry = state
-                .cache
-                .get_fresh(&key, Instant::now())
+                .store
+                .lookup(&key, state.live().policy_generation)
+                .filter(|e| e.is_fresh(Instant::now()))
                 .unwrap_or_else(|| panic!("{provider}: the 200 was cached"));
             assert_eq!(entry.status, StatusCode::OK);
             assert!(

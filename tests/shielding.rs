@@ -177,7 +177,7 @@ async fn a_background_refresh_is_coalesced_with_a_foreground_miss() {
     assert_eq!(stale.header("x-cache"), Some("stale"));
     // While the refresh runs, a caller that must wait (HEAD with no entry? no: same key) joins it:
     // evict the stale entry so the next caller is a foreground miss for the same key.
-    proxy.state.cache.invalidate(&phonegate::cache::CacheKey {
+    proxy.state.store.evict(&phonegate::cache::CacheKey {
         resource: phonegate::cache::Resource::PhoneNumber(
             uuid::Uuid::parse_str(TWILIO_ID).unwrap(),
         ),

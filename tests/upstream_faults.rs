@@ -125,7 +125,7 @@ async fn a_refused_connection_is_a_502() {
         ),
         credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
     };
-    assert!(proxy.state.cache.get_fresh(&key, Instant::now()).is_none());
+    assert!(proxy.state.store.lookup(&key, 0).is_none());
     // Bring an upstream up on that port: the proxy reaches it and serves normally.
     match MockVapi::builder().addr(addr).try_start().await {
         Ok(mock) => assert_recovers(&proxy, &mock).await,

@@ -70,9 +70,11 @@ where
             key: Some(key),
         };
         tokio::spawn(async move {
-            let _guard = guard;
             let value = fetch.await;
-            // Waiters get the value before the key goes; if nobody waits any more, fine.
+            // The key goes before anyone sees the value: a request that starts once an answer
+            // exists must never join the fetch that produced it (with a TTL of 0 it would
+            // otherwise share an answer older than itself). Those already joined still get it.
+            drop(guard);
             let _ = done.send(value);
         });
         (shared, Role::Leader)
@@ -148,6 +150,17 @@ mod tests {
         assert_eq!(leaders, 1);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(c.is_empty(), "the key is removed once the fetch ends");
+    }
+
+    #[tokio::test]
+    async fn a_request_after_the_answer_never_joins_the_finished_fetch() {
+        let c: Arc<Coalescer<u32, u32>> = Arc::default();
+        let (fut, _) = c.join_or_start(1, async { 5 });
+        assert_eq!(fut.await, Some(5));
+        assert!(c.get(&1).is_none(), "gone before the answer was visible");
+        let (fut, role) = c.join_or_start(1, async { 6 });
+        assert_eq!(role, Role::Leader);
+        assert_eq!(fut.await, Some(6));
     }
 
     #[tokio::test]

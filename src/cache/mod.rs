@@ -4,6 +4,11 @@
 //! `Bytes` and a few `HeaderValue`s: nothing is parsed, redacted or serialised twice.
 
 pub mod coalesce;
+pub mod generation;
+pub mod store;
+
+pub use generation::{Scope, Stamp};
+pub use store::{Fetched, Fill, Store};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,21 +188,31 @@ struct EntryExpiry {
     stale_window: Duration,
 }
 
-impl moka::Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
+impl moka::Expiry<CacheKey, Cached> for EntryExpiry {
     fn expire_after_create(
         &self,
         _key: &CacheKey,
-        value: &Arc<Entry>,
+        value: &Cached,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.fresh_for.saturating_add(self.stale_window))
+        Some(value.entry.fresh_for.saturating_add(self.stale_window))
     }
 }
 
-/// The bounded, shared response cache. Cheap to clone.
+/// An entry as this replica's memory holds it: with the stamp of the fill that produced it, so an
+/// invalidation since then hides it (see [`generation`]).
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The answer.
+    pub entry: Arc<Entry>,
+    /// When its fill began, in invalidation order.
+    pub stamp: Stamp,
+}
+
+/// The bounded response cache of this replica (L1). Cheap to clone.
 #[derive(Clone)]
 pub struct ResponseCache {
-    inner: Cache<CacheKey, Arc<Entry>>,
+    inner: Cache<CacheKey, Cached>,
 }
 
 impl ResponseCache {
@@ -206,20 +221,15 @@ impl ResponseCache {
     pub fn new(max_bytes: u64, stale_window: Duration) -> Self {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
+            .weigher(|_key: &CacheKey, cached: &Cached| cached.entry.weight())
             .expire_after(EntryExpiry { stale_window })
             .build();
         ResponseCache { inner }
     }
 
-    /// The entry for `key`, fresh or stale, if one is still kept.
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    /// The entry for `key`, fresh or stale, current or not, if one is still kept.
+    pub fn get(&self, key: &CacheKey) -> Option<Cached> {
         self.inner.get(key)
-    }
-
-    /// A fresh entry for `key`, if there is one.
-    pub fn get_fresh(&self, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
-        self.get(key).filter(|e| e.is_fresh(now))
     }
 
     /// Drops the entry for `key`.
@@ -239,11 +249,16 @@ impl ResponseCache {
         removed
     }
 
-    /// Stores `entry` if it is cacheable.
-    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+    /// Stores `entry`, filled from `stamp` on, if it is cacheable.
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, stamp: Stamp) {
         if entry.is_cacheable() {
-            self.inner.insert(key, entry);
+            self.inner.insert(key, Cached { entry, stamp });
         }
+    }
+
+    /// Drops every entry.
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate_all();
     }
 
     /// Number of entries (approximate until pending maintenance has run).
@@ -275,6 +290,10 @@ mod tests {
         }
     }
 
+    fn get_fresh(cache: &ResponseCache, key: &CacheKey, now: Instant) -> Option<Arc<Entry>> {
+        cache.get(key).map(|c| c.entry).filter(|e| e.is_fresh(now))
+    }
+
     fn entry(body: &str, fresh_for: Duration) -> Arc<Entry> {
         Arc::new(Entry {
             status: StatusCode::OK,
@@ -291,14 +310,18 @@ mod tests {
     fn keys_differ_by_credential_and_id() {
         let cache = ResponseCache::new(1 << 20, Duration::ZERO);
         let now = Instant::now();
-        cache.insert(key(1, b"alice"), entry("a", Duration::from_secs(60)));
-        assert!(cache.get_fresh(&key(1, b"alice"), now).is_some());
+        cache.insert(
+            key(1, b"alice"),
+            entry("a", Duration::from_secs(60)),
+            Stamp::default(),
+        );
+        assert!(get_fresh(&cache, &key(1, b"alice"), now).is_some());
         assert!(
-            cache.get_fresh(&key(1, b"bob"), now).is_none(),
+            get_fresh(&cache, &key(1, b"bob"), now).is_none(),
             "other credential"
         );
         assert!(
-            cache.get_fresh(&key(2, b"alice"), now).is_none(),
+            get_fresh(&cache, &key(2, b"alice"), now).is_none(),
             "other id"
         );
     }
@@ -306,16 +329,24 @@ mod tests {
     #[test]
     fn uncacheable_entries_are_not_stored() {
         let cache = ResponseCache::new(1 << 20, Duration::ZERO);
-        cache.insert(key(1, b"alice"), entry("a", Duration::ZERO));
-        assert!(cache.get_fresh(&key(1, b"alice"), Instant::now()).is_none());
+        cache.insert(
+            key(1, b"alice"),
+            entry("a", Duration::ZERO),
+            Stamp::default(),
+        );
+        assert!(get_fresh(&cache, &key(1, b"alice"), Instant::now()).is_none());
     }
 
     #[test]
     fn stale_entries_are_not_served() {
         let cache = ResponseCache::new(1 << 20, Duration::ZERO);
-        cache.insert(key(1, b"alice"), entry("a", Duration::from_secs(1)));
+        cache.insert(
+            key(1, b"alice"),
+            entry("a", Duration::from_secs(1)),
+            Stamp::default(),
+        );
         let later = Instant::now() + Duration::from_secs(2);
-        assert!(cache.get_fresh(&key(1, b"alice"), later).is_none());
+        assert!(get_fresh(&cache, &key(1, b"alice"), later).is_none());
     }
 
     #[test]
@@ -350,9 +381,9 @@ mod tests {
         let cache = ResponseCache::new(1 << 20, Duration::from_secs(60));
         let mut e = (*entry("a", Duration::from_millis(1))).clone();
         e.stored_at = Instant::now();
-        cache.insert(key(1, b"alice"), Arc::new(e));
+        cache.insert(key(1, b"alice"), Arc::new(e), Stamp::default());
         std::thread::sleep(Duration::from_millis(5));
-        assert!(cache.get_fresh(&key(1, b"alice"), Instant::now()).is_none());
+        assert!(get_fresh(&cache, &key(1, b"alice"), Instant::now()).is_none());
         assert!(
             cache.get(&key(1, b"alice")).is_some(),
             "kept as a stale stand-in"
@@ -363,8 +394,16 @@ mod tests {
     fn invalidate_where_counts_what_went() {
         let cache = ResponseCache::new(1 << 20, Duration::ZERO);
         for i in 0..4 {
-            cache.insert(key(i, b"alice"), entry("a", Duration::from_secs(60)));
-            cache.insert(key(i, b"bob"), entry("b", Duration::from_secs(60)));
+            cache.insert(
+                key(i, b"alice"),
+                entry("a", Duration::from_secs(60)),
+                Stamp::default(),
+            );
+            cache.insert(
+                key(i, b"bob"),
+                entry("b", Duration::from_secs(60)),
+                Stamp::default(),
+            );
         }
         let target = Resource::PhoneNumber(Uuid::from_u128(2));
         assert_eq!(cache.invalidate_where(|k| k.resource == target), 2);
@@ -395,7 +434,11 @@ mod tests {
         let cache = ResponseCache::new(max, Duration::ZERO);
         let body = "x".repeat(1400);
         for i in 0..2000 {
-            cache.insert(key(i, b"alice"), entry(&body, Duration::from_secs(60)));
+            cache.insert(
+                key(i, b"alice"),
+                entry(&body, Duration::from_secs(60)),
+                Stamp::default(),
+            );
         }
         cache.run_pending_tasks();
         assert!(

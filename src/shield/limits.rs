@@ -37,6 +37,8 @@ impl StateStore for BoundedStore {
 
 /// A rate limit per credential.
 pub struct KeyedLimiter {
+    per_sec: u32,
+    burst: u32,
     limiter: RateLimiter<Fingerprint, BoundedStore, DefaultClock>,
     clock: DefaultClock,
     states: Cache<Fingerprint, Arc<InMemoryState>>,
@@ -65,10 +67,22 @@ impl KeyedLimiter {
             clock.clone(),
         );
         Some(KeyedLimiter {
+            per_sec: rate.get(),
+            burst: burst.get(),
             limiter,
             clock,
             states,
         })
+    }
+
+    /// The rate, units a second.
+    pub fn per_sec(&self) -> u32 {
+        self.per_sec
+    }
+
+    /// The burst.
+    pub fn burst(&self) -> u32 {
+        self.burst
     }
 
     /// Takes one unit of `key`'s budget, or says how long until one is available.

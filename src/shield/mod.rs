@@ -4,6 +4,10 @@
 //! ([`limits`]), the caller's 429 cool-down ([`cooldown`]), the circuit breaker ([`breaker`]),
 //! and a concurrency slot (a semaphore with a bounded queue wait). Each refusal is a [`Refusal`]
 //! that the request path turns into a stale answer when it has one, or a JSON error.
+//!
+//! With the shared tier ([`crate::tier`]) the budgets and the cool-downs hold per credential
+//! across every replica: they are kept in Redis, and kept locally only while Redis does not
+//! answer. The breaker and the concurrency cap stay per replica: they protect this replica.
 
 pub mod breaker;
 pub mod cooldown;
@@ -20,6 +24,7 @@ use crate::cache::Entry;
 use crate::config::ShieldConfig;
 use crate::credential::Fingerprint;
 use crate::error::ProxyError;
+use crate::tier::Tier;
 use breaker::{Admission, Breaker};
 use cooldown::{Cooldowns, Gate};
 use limits::KeyedLimiter;
@@ -44,6 +49,7 @@ pub enum Refusal {
 pub struct Pass {
     breaker: Admission,
     cooldown_probe: bool,
+    shared_probe: bool,
 }
 
 /// What an upstream call said about the upstream's health.
@@ -101,25 +107,51 @@ pub struct Shield {
     limiters: ArcSwap<Limiters>,
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
+    max_retry_after: Duration,
+    tier: Option<Arc<Tier>>,
 }
 
 impl Shield {
-    /// Builds the shield from its settings.
-    pub fn new(config: &ShieldConfig) -> Self {
+    /// Builds the shield from its settings; with `tier`, budgets and cool-downs are shared.
+    pub fn new(config: &ShieldConfig, tier: Option<Arc<Tier>>) -> Self {
         Shield {
             breaker: Breaker::new(config.breaker_failures, config.breaker_open),
             cooldowns: Cooldowns::new(config.max_retry_after, config.max_tracked_keys),
             limiters: ArcSwap::from_pointee(Limiters::new(config)),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             queue_timeout: config.queue_timeout,
+            max_retry_after: config.max_retry_after,
+            tier,
         }
+    }
+
+    /// Takes one unit of `limiter`'s budget for `key`: in Redis when the tier answers, else here.
+    async fn take(
+        &self,
+        limiter: &KeyedLimiter,
+        key: &Fingerprint,
+        kind: char,
+    ) -> Result<(), Duration> {
+        if let Some(tier) = &self.tier {
+            if let Some(verdict) = tier
+                .take(key, kind, limiter.per_sec(), limiter.burst())
+                .await
+            {
+                return verdict;
+            }
+        }
+        limiter.check(key)
     }
 
     /// The all-requests budget of the caller's limit key, checked for every request (hits
     /// included) when enabled.
-    pub fn check_request(&self, key: &Fingerprint) -> Result<(), Refusal> {
-        match &self.limiters.load().requests {
-            Some(limiter) => limiter.check(key).map_err(Refusal::RequestLimit),
+    pub async fn check_request(&self, key: &Fingerprint) -> Result<(), Refusal> {
+        let limiters = self.limiters.load();
+        match &limiters.requests {
+            Some(limiter) => self
+                .take(limiter, key, 'r')
+                .await
+                .map_err(Refusal::RequestLimit),
             None => Ok(()),
         }
     }
@@ -130,30 +162,51 @@ impl Shield {
     ///
     /// Background refreshes pass `None`: they serve no caller and should not use up a caller's
     /// budget, but they still respect the cool-down and the breaker.
-    pub fn admit(
+    pub async fn admit(
         &self,
         charge: Option<&Fingerprint>,
         upstream_key: &Fingerprint,
         now: Instant,
     ) -> Result<Pass, Refusal> {
-        if let (Some(limiter), Some(key)) = (&self.limiters.load().misses, charge) {
-            limiter.check(key).map_err(Refusal::MissLimit)?;
+        let limiters = self.limiters.load_full();
+        if let (Some(limiter), Some(key)) = (&limiters.misses, charge) {
+            self.take(limiter, key, 'm')
+                .await
+                .map_err(Refusal::MissLimit)?;
         }
+        // A cool-down this replica saw itself holds even while Redis is away.
         let cooldown_probe = match self.cooldowns.check(upstream_key, now) {
             Gate::Open => false,
             Gate::Probe => true,
             Gate::Cooling(left) => return Err(Refusal::CoolingDown(left)),
         };
+        let mut shared_probe = false;
+        if let Some(tier) = &self.tier {
+            match tier.cooldown(upstream_key, self.max_retry_after).await {
+                Some(Ok(probe)) => shared_probe = probe,
+                Some(Err(left)) => {
+                    if cooldown_probe {
+                        self.cooldowns.release_probe(upstream_key);
+                    }
+                    return Err(Refusal::CoolingDown(left));
+                }
+                None => {}
+            }
+        }
         match self.breaker.admit(now) {
             Ok(breaker) => Ok(Pass {
                 breaker,
                 cooldown_probe,
+                shared_probe,
             }),
             Err(left) => {
-                if cooldown_probe {
-                    // Give the probe back so the next caller can take it when the breaker allows.
-                    self.cooldowns.release_probe(upstream_key);
-                }
+                let pass = Pass {
+                    breaker: Admission::Normal,
+                    cooldown_probe,
+                    shared_probe,
+                };
+                // Give the probes back so the next caller can take them when the breaker allows.
+                self.release(upstream_key, pass).await;
                 Err(Refusal::BreakerOpen(left))
             }
         }
@@ -169,25 +222,50 @@ impl Shield {
         }
     }
 
-    /// Records what a call admitted with `pass` said about the upstream.
-    pub fn record(&self, key: Fingerprint, pass: Pass, health: Health, now: Instant) {
+    /// Records what a call admitted with `pass` said about the upstream. A 429 starts the
+    /// cool-down here and, with the tier, for every replica before this returns.
+    pub async fn record(&self, key: Fingerprint, pass: Pass, health: Health, now: Instant) {
         self.breaker
             .record(pass.breaker, health != Health::Unhealthy, now);
         match health {
-            Health::RateLimited(retry_after) => self.cooldowns.start(key, retry_after, now),
-            _ if pass.cooldown_probe => self.cooldowns.end(&key),
-            _ => {}
+            Health::RateLimited(retry_after) => {
+                self.cooldowns.start(key, retry_after, now);
+                if let Some(tier) = &self.tier {
+                    let capped = retry_after.min(self.max_retry_after);
+                    tier.start_cooldown(
+                        &key,
+                        capped,
+                        self.max_retry_after + Duration::from_secs(60),
+                    )
+                    .await;
+                }
+            }
+            _ => {
+                if pass.cooldown_probe {
+                    self.cooldowns.end(&key);
+                }
+                if pass.shared_probe {
+                    if let Some(tier) = &self.tier {
+                        tier.end_cooldown(&key).await;
+                    }
+                }
+            }
         }
     }
 
-    /// Gives back a pass whose call never happened (no slot): the breaker and cool-down probes
-    /// are released without a verdict.
-    pub fn release(&self, key: &Fingerprint, pass: Pass) {
+    /// Gives back a pass whose call never happened (no slot, or another replica's fill served
+    /// it): the breaker and cool-down probes are released without a verdict.
+    pub async fn release(&self, key: &Fingerprint, pass: Pass) {
         if pass.cooldown_probe {
             self.cooldowns.release_probe(key);
         }
         if pass.breaker == Admission::Probe {
             self.breaker.release_probe();
+        }
+        if pass.shared_probe {
+            if let Some(tier) = &self.tier {
+                tier.release_probe(key).await;
+            }
         }
     }
 
