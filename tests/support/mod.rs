@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod mock_vapi;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
