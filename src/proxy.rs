@@ -34,17 +34,17 @@ use uuid::Uuid;
 
 use crate::access_log::{self, AccessRecord};
 use crate::auth::Caller;
-use crate::cache::coalesce::Role;
+use crate::cache::coalesce::{InFlight, Role};
 use crate::cache::{CacheKey, Entry, Fetched, Fill, Resource, Scope, Staleness};
 use crate::cors::Preflight;
-use crate::credential::KeyId;
+use crate::credential::{Fingerprint, KeyId};
 use crate::error::ProxyError;
 use crate::metrics::RequestLabels;
 use crate::redact;
 use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
 use crate::response_filter::{self, Ttls};
 use crate::route::{self, Route};
-use crate::shield::{Health, Pass};
+use crate::shield::{Health, Pass, Refusal};
 use crate::state::{AppState, Live};
 
 /// How much longer than its own deadlines (queue wait plus upstream exchange) a caller waits for
@@ -340,60 +340,66 @@ fn upstream_failure(result: &Result<Arc<Entry>, ProxyError>) -> Option<&'static 
     }
 }
 
-/// Joins the fetch in flight for the key, or passes the shield's gates and starts one; then waits
-/// for it, boundedly.
+/// Joins the fetch in flight for the key, or starts one (which passes the shield's gates for this
+/// caller); then waits for it, boundedly.
 async fn fetch(
     state: &Arc<AppState>,
     live: &Arc<Live>,
     lookup: Lookup,
     ctx: &mut RequestContext,
 ) -> Result<Arc<Entry>, ProxyError> {
-    let inflight = match state.store.flight(&lookup.key) {
-        // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
-        Some(inflight) => {
+    let limit_key = lookup.limit_key;
+    let mut retried = false;
+    loop {
+        let (inflight, role) = match state.store.flight(&lookup.key) {
+            // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
+            Some(inflight) => (inflight, Role::Follower),
+            None => start_fetch(state, live, lookup.clone(), Some(limit_key)),
+        };
+        if role == Role::Follower {
             ctx.coalesced = true;
-            inflight
         }
-        None => {
-            let pass = state
-                .shield
-                .admit(
-                    Some(&lookup.limit_key),
-                    &lookup.key.credential,
-                    Instant::now(),
-                )
-                .await
-                .map_err(ProxyError::Refused)?;
-            let key = lookup.key.clone();
-            let task_state = Arc::clone(state);
-            let task_live = Arc::clone(live);
-            let (inflight, role) = state.store.join_or_start(&key, &live.view(), |fill| {
-                fetch_task(task_state, task_live, lookup, pass, fill)
-            });
-            if role == Role::Follower {
-                // Someone started the same fetch between our check and now.
-                state.shield.release(&key.credential, pass).await;
-                ctx.coalesced = true;
+        let wait = live.config.shield.queue_timeout
+            + live.config.upstream.timeout
+            + fill_wait(live)
+            + COALESCE_MARGIN;
+        let fetched = match tokio::time::timeout(wait, inflight).await {
+            Ok(Some(fetched)) => fetched,
+            Ok(None) => return Err(ProxyError::FetcherVanished),
+            Err(_) => return Err(ProxyError::CoalesceTimeout),
+        };
+        // Managed mode: clients share entries but not budgets. A fetch refused by another
+        // client's budget says nothing of this one's: try once with a fetch of its own.
+        if let Err(ProxyError::Refused(Refusal::MissLimit(_))) = &fetched.result {
+            if fetched.charged != Some(limit_key) && !retried {
+                retried = true;
+                ctx.coalesced = false;
+                continue;
             }
-            inflight
         }
-    };
-    let wait = live.config.shield.queue_timeout
-        + live.config.upstream.timeout
-        + fill_wait(live)
-        + COALESCE_MARGIN;
-    match tokio::time::timeout(wait, inflight).await {
-        Ok(Some(fetched)) => {
-            ctx.upstream = fetched.upstream;
-            if fetched.shared {
-                // Another replica fetched it for everyone; this request waited for that fetch.
-                ctx.coalesced = true;
-            }
-            fetched.result
+        ctx.upstream = fetched.upstream;
+        if fetched.shared {
+            // Another replica fetched it for everyone; this request waited for that fetch.
+            ctx.coalesced = true;
         }
-        Ok(None) => Err(ProxyError::FetcherVanished),
-        Err(_) => Err(ProxyError::CoalesceTimeout),
+        return fetched.result;
     }
+}
+
+/// Starts the fetch for `lookup` (or joins one started a moment ago), charging `charge`'s miss
+/// budget if it calls the upstream.
+fn start_fetch(
+    state: &Arc<AppState>,
+    live: &Arc<Live>,
+    lookup: Lookup,
+    charge: Option<Fingerprint>,
+) -> (InFlight<Fetched>, Role) {
+    let key = lookup.key.clone();
+    let task_state = Arc::clone(state);
+    let task_live = Arc::clone(live);
+    state.store.join_or_start(&key, &live.view(), |fill| {
+        fetch_task(task_state, task_live, lookup, charge, fill)
+    })
 }
 
 /// How long a fetch may wait for another replica's fill before fetching itself.
@@ -404,49 +410,51 @@ fn fill_wait(live: &Live) -> Duration {
         .map_or(Duration::ZERO, |redis| redis.fill_wait)
 }
 
-/// Starts one background refresh of a stale entry, unless one is already in flight or the
-/// shield says no (cool-down, open breaker): then the stale entry simply keeps serving.
+/// Starts one background refresh of a stale entry, unless one is already in flight; if the
+/// shield says no (cool-down, open breaker), the stale entry simply keeps serving. Refreshes
+/// serve no caller, so they charge no caller's budget.
 fn refresh_in_background(state: &Arc<AppState>, live: &Arc<Live>, lookup: Lookup) {
-    if state.store.flight(&lookup.key).is_some() {
-        return;
+    if state.store.flight(&lookup.key).is_none() {
+        let _ = start_fetch(state, live, lookup, None);
     }
-    let state = Arc::clone(state);
-    let live = Arc::clone(live);
-    tokio::spawn(async move {
-        let credential = lookup.key.credential;
-        let Ok(pass) = state.shield.admit(None, &credential, Instant::now()).await else {
-            return;
-        };
-        let key = lookup.key.clone();
-        let task_state = Arc::clone(&state);
-        let task_live = Arc::clone(&live);
-        let (_inflight, role) = state.store.join_or_start(&key, &live.view(), |fill| {
-            fetch_task(task_state, task_live, lookup, pass, fill)
-        });
-        if role == Role::Follower {
-            state.shield.release(&credential, pass).await;
-        }
-    });
 }
 
 /// The one upstream call for a key: with the shared tier, first the chance to use another
-/// replica's fetch; then waits for a slot, calls, filters, reports to the shield, and stores the
-/// answer (if nothing invalidated it meanwhile) before any waiter sees it.
+/// replica's fetch; then the shield's gates (`charge`'s miss budget, cool-down, breaker), a
+/// slot, the call, the response filter, and the store (if nothing invalidated the entry
+/// meanwhile) before any waiter sees the answer.
 async fn fetch_task(
     state: Arc<AppState>,
     live: Arc<Live>,
     lookup: Lookup,
-    pass: Pass,
+    charge: Option<Fingerprint>,
     mut fill: Fill,
 ) -> Fetched {
     if let Some(entry) = fill.coordinate(live.policy_generation).await {
-        state.shield.release(&lookup.key.credential, pass).await;
         return Fetched {
             result: Ok(entry),
             upstream: None,
             shared: true,
+            charged: None,
         };
     }
+    let pass = match state
+        .shield
+        .admit(charge.as_ref(), &lookup.key.credential, Instant::now())
+        .await
+    {
+        Ok(pass) => pass,
+        Err(refusal) => {
+            let result = Err(ProxyError::Refused(refusal));
+            fill.finish(&result).await;
+            return Fetched {
+                result,
+                upstream: None,
+                shared: false,
+                charged: charge,
+            };
+        }
+    };
     let ttls = Ttls {
         ok: live.lifetimes.ok_for(&lookup.key.resource),
         not_found: live.lifetimes.not_found,
@@ -470,6 +478,7 @@ async fn fetch_task(
         result,
         upstream,
         shared: false,
+        charged: charge,
     }
 }
 

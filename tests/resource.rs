@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use serde_json::Value;
 use support::mock_vapi::{
     FIXTURE_IDS, KEPT_POINTERS, NOT_FOUND_BODY, PLANTED, SECRET_POINTERS, SECRET_URL_POINTERS,
@@ -1031,76 +1029,9 @@ async fn bodies_carrying_the_placeholder_are_refused_with_an_explanation() {
 
 // ---- a write racing a lookup already in flight ----
 
-/// A minimal upstream for one phone number whose GET reads the stored name at once and answers
-/// only after `delay` (a slow response in transit), while PATCH applies at once: the ordering a
-/// real upstream can show when a lookup and a write overlap.
-struct SlowReadUpstream {
-    addr: std::net::SocketAddr,
-    gets: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SlowReadUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn slow_read_upstream(delay: Duration) -> SlowReadUpstream {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let name = Arc::new(Mutex::new(String::from("Old name")));
-    let gets = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&gets);
-    let task = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let name = Arc::clone(&name);
-            let gets = Arc::clone(&counter);
-            connections.spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let name = Arc::clone(&name);
-                    let gets = Arc::clone(&gets);
-                    async move {
-                        let method = req.method().clone();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let object = |name: &str| {
-                            serde_json::json!({"id": TWILIO_ID, "provider": "twilio", "name": name})
-                        };
-                        let answer = if method == Method::PATCH {
-                            let patch: Value = serde_json::from_slice(&body).unwrap();
-                            let new = patch["name"].as_str().unwrap().to_owned();
-                            *name.lock().unwrap() = new.clone();
-                            object(&new)
-                        } else {
-                            gets.fetch_add(1, Ordering::SeqCst);
-                            let seen = name.lock().unwrap().clone();
-                            tokio::time::sleep(delay).await;
-                            object(&seen)
-                        };
-                        let mut resp = http::Response::new(Full::new(Bytes::from(answer.to_string())));
-                        resp.headers_mut().insert(
-                            "content-type",
-                            http::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    SlowReadUpstream { addr, gets, task }
-}
-
 #[tokio::test]
 async fn a_lookup_issued_after_a_patch_succeeded_sees_the_patch() {
-    let upstream = slow_read_upstream(Duration::from_millis(700)).await;
+    let upstream = support::slow_read::start(Duration::from_millis(700)).await;
     let proxy = Proxy::start(&format!("http://{}", upstream.addr), "").await;
     let url = proxy.url(&path(TWILIO_ID));
     let lookup = |url: String| async move {

@@ -34,6 +34,8 @@ pub struct Fetched {
     pub upstream: Option<Duration>,
     /// Whether the answer came from another replica's fill (no upstream call here).
     pub shared: bool,
+    /// Whose miss budget the fetch was charged to (a refusal by it is that caller's only).
+    pub charged: Option<crate::credential::Fingerprint>,
 }
 
 /// This replica's memory and its invalidation record; what the tier's listener invalidates.

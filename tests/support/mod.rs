@@ -4,6 +4,7 @@
 
 pub mod mock_vapi;
 pub mod redis;
+pub mod slow_read;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
