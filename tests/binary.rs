@@ -878,6 +878,32 @@ async fn check_config_prints_the_masked_configuration_or_exits_64() {
 }
 
 #[tokio::test]
+async fn a_shared_tier_without_a_shared_key_secret_is_refused_with_64() {
+    let env = [("PHONEGATE__REDIS__URL", "redis://127.0.0.1:6379")];
+    for args in [&["check-config"][..], &[][..]] {
+        let out = command(args, &env).output().await.expect("run phonegate");
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cache.key_secret"), "{args:?}: {stderr}");
+    }
+    let out = command(
+        &["check-config"],
+        &[
+            ("PHONEGATE__REDIS__URL", "redis://:hunter2-secret@127.0.0.1:6379"),
+            ("PHONEGATE__CACHE__KEY_SECRET", "binary-test-secret-0123"),
+        ],
+    )
+    .output()
+    .await
+    .expect("run check-config");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(v["redis"]["url"], "redis://:(hidden)@127.0.0.1:6379");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
+
+#[tokio::test]
 async fn hash_token_prints_the_sha256_of_stdin() {
     use tokio::io::AsyncWriteExt;
     let mut child = command(&["hash-token"], &[])

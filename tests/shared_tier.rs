@@ -518,3 +518,81 @@ async fn replicas_with_different_redaction_policies_never_share_entries() {
     assert_eq!(after.json()["number"], "[REDACTED]");
     assert_eq!(mock.hits(), 2);
 }
+
+/// A `redis-server` speaking only TLS on 127.0.0.1, with a self-signed certificate for
+/// 127.0.0.1; killed when dropped.
+struct TlsRedis {
+    port: u16,
+    ca_path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        support::redis::require_redis();
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("rcgen");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "phonegate-tls-redis-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        std::fs::write(&ca_path, cert.pem()).expect("cert");
+        std::fs::write(&key_path, signing_key.serialize_pem()).expect("key");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&ca_path)
+            .arg("--tls-key-file")
+            .arg(&key_path)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca_path)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server with TLS");
+        TlsRedis {
+            port,
+            ca_path,
+            dir,
+            child,
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_a_redis_over_tls() {
+    let redis = TlsRedis::start();
+    let mock = MockVapi::start().await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let extra = format!("ca_path = \"{}\"\n", redis.ca_path.display());
+    // Wait for the server: the replicas subscribe only once it answers over TLS.
+    let proxies = replicas(2, &mock.url(), &url, false, &extra).await;
+    get(&proxies[0], &path(TWILIO_ID), Some(TOKEN_A)).await;
+    let second = get(&proxies[1], &path(TWILIO_ID), Some(TOKEN_A)).await;
+    assert_eq!(second.header("x-cache"), Some("hit"), "shared over rediss://");
+    assert_eq!(mock.hits(), 1);
+}
