@@ -263,7 +263,24 @@ async fn three_replicas_on_one_redis_act_as_one_cache() {
         dropped,
         "the caller's lists were not dropped on another replica"
     );
-    assert_nothing_secret(&redis.all_keys_and_values().await);
+    let all = redis.all_keys_and_values().await;
+    assert_nothing_secret(&all);
+    // Entries expire when their last stale window ends: TTL 60 s + stale-if-error 300 s at most.
+    let entries: Vec<&String> = all
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.contains("}:e:"))
+        .collect();
+    assert!(!entries.is_empty());
+    for key in entries {
+        let ttl: i64 = redis
+            .cli(&["PTTL", key])
+            .await
+            .trim()
+            .parse()
+            .expect("PTTL");
+        assert!(ttl > 0 && ttl <= 360_000, "{key} expires in {ttl} ms");
+    }
 }
 
 #[tokio::test]
@@ -531,9 +548,11 @@ struct TlsRedis {
 impl TlsRedis {
     fn start() -> TlsRedis {
         support::redis::require_redis();
-        let rcgen::CertifiedKey { cert, signing_key } =
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .expect("rcgen");
+        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .expect("rcgen");
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -552,7 +571,16 @@ impl TlsRedis {
             .expect("addr")
             .port();
         let child = std::process::Command::new("redis-server")
-            .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
             .arg("--tls-cert-file")
             .arg(&ca_path)
@@ -593,6 +621,10 @@ async fn replicas_share_a_redis_over_tls() {
     let proxies = replicas(2, &mock.url(), &url, false, &extra).await;
     get(&proxies[0], &path(TWILIO_ID), Some(TOKEN_A)).await;
     let second = get(&proxies[1], &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(second.header("x-cache"), Some("hit"), "shared over rediss://");
+    assert_eq!(
+        second.header("x-cache"),
+        Some("hit"),
+        "shared over rediss://"
+    );
     assert_eq!(mock.hits(), 1);
 }

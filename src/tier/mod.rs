@@ -233,6 +233,13 @@ impl Tier {
                     .map_err(|e| format!("redis.url: {:?}", e.kind()))?,
             )
         };
+        tracing::info!(
+            urls = ?config.masked_urls(),
+            cluster = config.cluster,
+            prefix = %config.prefix,
+            "shared tier on: redis (connections are made lazily; redis trouble is a slower path, \
+             not an error)"
+        );
         Ok(Tier {
             conn,
             pubsub_clients,

@@ -4,7 +4,8 @@
 //! A replica that loses its subscription cannot know what it missed, so it stops trusting its
 //! memory: everything in L1 is invalidated when the subscription is lost and again when it is
 //! back (entries filled meanwhile may have missed messages too). Subscriptions are kept alive with
-//! a ping each second, so a silently dead connection is found within about two.
+//! a ping each second, so a silently dead connection is found within about two; the purge
+//! counters that name entries are re-read at the same pace.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -134,13 +135,14 @@ async fn serve(tier: &Weak<Tier>, local: &Arc<dyn Local>, pubsub: redis::aio::Pu
                 local.invalidate_local(scope);
             }
             _ = ping.tick() => {
-                if tier.strong_count() == 0 {
-                    return;
-                }
+                let Some(current) = tier.upgrade() else { return };
                 let alive = tokio::time::timeout(PING_EVERY, sink.ping::<redis::Value>()).await;
                 if !matches!(alive, Ok(Ok(_))) {
                     return;
                 }
+                // The purge counters are re-read each second as well, so a message lost without
+                // the connection dropping delays a purge by a second at most.
+                let _ = current.refresh_namespace().await;
             }
         }
     }
