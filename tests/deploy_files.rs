@@ -2,9 +2,12 @@
 //! `PHONEGATE__...` name is a setting the binary accepts, the ConfigMap and example TOML files pass
 //! phonegate's own validation, ports and probe paths agree with what the listeners serve, the
 //! termination grace periods cover the drain, and the Dockerfile and systemd unit use the binary's
-//! real flags, variables and exit codes. Nothing here needs Docker, a cluster or systemd: the YAML,
-//! Dockerfile and unit files are read with small line-based parsers (no YAML crate), and the binary
-//! is run only as `check-config`.
+//! real flags, variables and exit codes. The `kubernetes-replicas-with-redis` overlay is built the way
+//! kustomize would (resources plus strategic-merge patches, for the fields it uses) and checked the
+//! same way, plus its Redis: the URL in its Secret template reaches the Redis Service with the
+//! password the Redis requires. Nothing here needs Docker, a cluster, Redis or systemd: the YAML,
+//! Dockerfile and unit files are read with small line-based parsers (no YAML crate), the binary
+//! is run only as `check-config`, and Redis is never connected to (its URLs are only validated).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -33,10 +36,43 @@ const PDB: &str = "deploy/kubernetes/pdb.yaml";
 const UNIT: &str = "deploy/systemd/phonegate.service";
 const SYSTEMD_TOML: &str = "deploy/systemd/phonegate.toml";
 const SYSTEMD_ENV: &str = "deploy/systemd/phonegate.env.example";
+const BASE_DIR: &str = "deploy/kubernetes";
+const OVERLAY_DIR: &str = "deploy/kubernetes-replicas-with-redis";
+const OVERLAY_SECRET: &str = "deploy/kubernetes-replicas-with-redis/secret.example.yaml";
 
 /// Value used for a `PHONEGATE__...` name a file mentions without a literal value (a shell
 /// substitution, a prose mention): long enough for `cache.key_secret`, fine for any string setting.
 const PLACEHOLDER: &str = "0123456789abcdef0123456789abcdef";
+
+/// Value used for `redis.url` where a file gives none. Only ever validated, never connected to.
+const REDIS_URL_PLACEHOLDER: &str = "redis://:0123456789abcdef@127.0.0.1:6379/0";
+
+/// The placeholder for the setting `name` (see [`PLACEHOLDER`]).
+fn placeholder_for(name: &str) -> String {
+    match name {
+        "PHONEGATE__REDIS__URL" => REDIS_URL_PLACEHOLDER.to_owned(),
+        _ => PLACEHOLDER.to_owned(),
+    }
+}
+
+/// Settings `name` cannot be checked without: `redis.url` requires `cache.key_secret`, and the
+/// other `redis.*` settings are only validated when `redis.url` is set.
+fn companions(name: &str) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    if name.starts_with("PHONEGATE__REDIS__") {
+        env.insert(
+            "PHONEGATE__CACHE__KEY_SECRET".to_owned(),
+            PLACEHOLDER.to_owned(),
+        );
+        if name != "PHONEGATE__REDIS__URL" {
+            env.insert(
+                "PHONEGATE__REDIS__URL".to_owned(),
+                REDIS_URL_PLACEHOLDER.to_owned(),
+            );
+        }
+    }
+    env
+}
 
 // ---- reading files ----
 
@@ -439,51 +475,70 @@ fn container(d: &Value) -> &Value {
 
 /// The Secret template's `stringData`.
 fn secret_data() -> BTreeMap<String, String> {
-    let s = manifest(SECRET);
-    assert_eq!(text_at(SECRET, &s, &["kind"]), "Secret", "{SECRET}: kind");
-    string_map(SECRET, &s, &["stringData"])
+    secret_data_of(SECRET)
+}
+
+/// `stringData` of the Secret template `file`.
+fn secret_data_of(file: &str) -> BTreeMap<String, String> {
+    let s = manifest(file);
+    assert_eq!(text_at(file, &s, &["kind"]), "Secret", "{file}: kind");
+    string_map(file, &s, &["stringData"])
 }
 
 /// The container's environment as the pod gets it: literal values, and Secret references resolved
 /// from the Secret template (an `optional` reference to a key the template lacks leaves the
 /// variable unset, as Kubernetes does).
 fn pod_env(d: &Value) -> HashMap<String, String> {
-    pod_env_with(d, None)
+    pod_env_with(d, &|_| None)
 }
 
-/// Like [`pod_env`], with `optional_value` for optional Secret keys the template lacks.
-fn pod_env_with(d: &Value, optional_value: Option<&str>) -> HashMap<String, String> {
-    let secret = manifest(SECRET);
-    let secret_name = text_at(SECRET, &secret, &["metadata", "name"]);
-    let data = secret_data();
+/// Like [`pod_env`], with `fill(variable)` for optional Secret keys the template lacks.
+fn pod_env_with(d: &Value, fill: &dyn Fn(&str) -> Option<String>) -> HashMap<String, String> {
+    container_env(DEPLOYMENT, container(d), SECRET, fill)
+}
+
+/// The environment of container `c` (from `file`), Secret references resolved from the template
+/// `secret_file`; `fill(variable)` stands in for optional keys the template lacks (None: unset).
+fn container_env(
+    file: &str,
+    c: &Value,
+    secret_file: &str,
+    fill: &dyn Fn(&str) -> Option<String>,
+) -> HashMap<String, String> {
+    let secret = manifest(secret_file);
+    let secret_name = text_at(secret_file, &secret, &["metadata", "name"]);
+    let data = secret_data_of(secret_file);
     let mut env = HashMap::new();
-    for var in items(DEPLOYMENT, container(d), &["env"]) {
-        let name = text_at(DEPLOYMENT, var, &["name"]);
+    let vars = match c.get("env") {
+        Some(_) => items(file, c, &["env"]),
+        None => &[],
+    };
+    for var in vars {
+        let name = text_at(file, var, &["name"]);
         let value = if let Some(v) = var.get("value") {
             v.as_str().unwrap_or_default().to_owned()
         } else {
-            let r = at(DEPLOYMENT, var, &["valueFrom", "secretKeyRef"]);
-            let (sname, key) = (
-                text_at(DEPLOYMENT, r, &["name"]),
-                text_at(DEPLOYMENT, r, &["key"]),
-            );
+            let r = at(file, var, &["valueFrom", "secretKeyRef"]);
+            let (sname, key) = (text_at(file, r, &["name"]), text_at(file, r, &["key"]));
             assert_eq!(
                 sname, secret_name,
-                "{DEPLOYMENT}: env {name} reads Secret {sname:?}, but {SECRET} is {secret_name:?}"
+                "{file}: env {name} reads Secret {sname:?}, but {secret_file} is {secret_name:?}"
             );
             let optional = r.get("optional").and_then(Value::as_str) == Some("true");
-            match (data.get(key), optional, optional_value) {
-                (Some(value), _, _) => value.clone(),
-                (None, true, Some(value)) => value.to_owned(),
-                (None, true, None) => continue,
-                (None, false, _) => {
-                    panic!("{DEPLOYMENT}: env {name} reads key {key:?}, absent from {SECRET}")
+            match (data.get(key), optional) {
+                (Some(value), _) => value.clone(),
+                (None, true) => match fill(name) {
+                    Some(value) => value,
+                    None => continue,
+                },
+                (None, false) => {
+                    panic!("{file}: env {name} reads key {key:?}, absent from {secret_file}")
                 }
             }
         };
         assert!(
             env.insert(name.to_owned(), value).is_none(),
-            "{DEPLOYMENT}: env {name} set twice"
+            "{file}: env {name} set twice"
         );
     }
     env
@@ -524,6 +579,318 @@ fn resolve_port(d: &Value, reference: &str) -> u16 {
     reference
         .parse()
         .unwrap_or_else(|_| container_port(d, reference))
+}
+
+/// A Kubernetes quantity of bytes (`512Mi`, `1G`, `1000`).
+fn quantity(file: &str, q: &str) -> u64 {
+    let units = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("k", 1000),
+        ("K", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            let n: u64 = n
+                .parse()
+                .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"));
+            return n * factor;
+        }
+    }
+    q.parse()
+        .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"))
+}
+
+// ---- kustomize, as far as the manifests use it ----
+
+/// A path relative to the repository root with `.` and `..` resolved.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts
+                    .pop()
+                    .unwrap_or_else(|| panic!("{path}: leaves the repository"));
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// Lists of a Pod spec that a strategic-merge patch merges by a key rather than replaces, with
+/// that key (Service `ports` merge by `port`, container `ports` by `containerPort`).
+fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    match field {
+        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        "ports" if items.iter().all(|i| i.get("containerPort").is_some()) => Some("containerPort"),
+        "ports" => Some("port"),
+        _ => None,
+    }
+}
+
+/// Applies a strategic-merge `patch` (from `file`) to `target`: mappings merge, keyed lists merge
+/// item by item, anything else is replaced. Deletions and `$patch` directives are refused.
+fn strategic_merge(file: &str, field: &str, target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, pv) in p {
+                assert!(
+                    !k.starts_with('$') && !pv.is_null(),
+                    "{file}: {k}: deletions and $patch directives are not supported here"
+                );
+                match t.get_mut(k) {
+                    Some(tv) => strategic_merge(file, k, tv, pv),
+                    None => {
+                        t.insert(k.clone(), pv.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) if merge_key(field, p).is_some() => {
+            let key = merge_key(field, p).expect("checked");
+            for item in p {
+                let id = item
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{file}: an item of {field} without {key}"));
+                match t.iter_mut().find(|i| i.get(key) == Some(id)) {
+                    Some(existing) => strategic_merge(file, field, existing, item),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// The objects `kubectl apply -k dir` would apply, each with the file it came from (or, once
+/// patched, that file and the patch): its `resources` (files or kustomization directories) with
+/// its `patches` applied. Fields that would rename or relabel objects are refused rather than
+/// ignored; `images` (from `kustomize edit set image`) only changes the image and is ignored.
+fn kustomize(dir: &str) -> Vec<(String, Value)> {
+    let kfile = format!("{dir}/kustomization.yaml");
+    let k = manifest(&kfile);
+    for key in k.as_object().expect("a mapping").keys() {
+        assert!(
+            ["apiVersion", "kind", "resources", "patches", "images"].contains(&key.as_str()),
+            "{kfile}: {key} is not understood by tests/deploy_files.rs; extend its kustomize()"
+        );
+    }
+    assert_eq!(text_at(&kfile, &k, &["kind"]), "Kustomization", "{kfile}");
+    let mut objects = Vec::new();
+    for r in items(&kfile, &k, &["resources"]) {
+        let r = r.as_str().expect("a resource path");
+        let path = normalize(&format!("{dir}/{r}"));
+        if root().join(&path).is_dir() {
+            assert!(
+                root().join(&path).join("kustomization.yaml").is_file(),
+                "{kfile}: resource {r} is a directory without kustomization.yaml"
+            );
+            // kustomize refuses a kustomization whose directory contains one it came from.
+            assert!(
+                !format!("{dir}/").starts_with(&format!("{path}/")),
+                "{kfile}: resource {r} contains {dir}; kustomize rejects that as a cycle (put the \
+                 overlay beside its base, not inside it)"
+            );
+            objects.extend(kustomize(&path));
+        } else {
+            // ... and, by default, files outside the kustomization's own directory.
+            assert!(
+                path.starts_with(&format!("{dir}/")),
+                "{kfile}: resource {r} is outside {dir}; kustomize refuses it unless it is a \
+                 kustomization directory"
+            );
+            for doc in yaml::parse(&path, &read(&path)) {
+                objects.push((path.clone(), doc));
+            }
+        }
+    }
+    let patches = match k.get("patches") {
+        Some(_) => items(&kfile, &k, &["patches"]),
+        None => &[],
+    };
+    for p in patches {
+        let keys: Vec<&String> = p.as_object().expect("a patch entry").keys().collect();
+        assert_eq!(
+            keys,
+            ["path"],
+            "{kfile}: only `- path: FILE` patches are understood here (a strategic merge \
+             targeting the object the file names)"
+        );
+        let pfile = normalize(&format!("{dir}/{}", text_at(&kfile, p, &["path"])));
+        assert!(
+            pfile.starts_with(&format!("{dir}/")),
+            "{kfile}: patch {pfile} is outside {dir}, which kustomize refuses"
+        );
+        let patch = manifest(&pfile);
+        let kind = text_at(&pfile, &patch, &["kind"]);
+        let name = text_at(&pfile, &patch, &["metadata", "name"]);
+        let mut targets = objects.iter_mut().filter(|(_, o)| {
+            o.get("kind").and_then(Value::as_str) == Some(kind)
+                && o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+        });
+        let (file, target) = targets
+            .next()
+            .unwrap_or_else(|| panic!("{pfile}: patches {kind} {name}, which {kfile} lacks"));
+        assert_eq!(
+            text_at(file, target, &["apiVersion"]),
+            text_at(&pfile, &patch, &["apiVersion"]),
+            "{pfile}: apiVersion differs from the {kind} it patches ({file})"
+        );
+        strategic_merge(&pfile, "", target, &patch);
+        *file = format!("{file} patched by {pfile}");
+    }
+    let mut seen = BTreeSet::new();
+    for (file, o) in &objects {
+        let id = (
+            text_at(file, o, &["kind"]).to_owned(),
+            text_at(file, o, &["metadata", "name"]).to_owned(),
+        );
+        assert!(seen.insert(id.clone()), "{kfile}: {id:?} defined twice");
+    }
+    objects
+}
+
+/// The one object of `kind` named `name` among `objects`.
+fn object<'a>(objects: &'a [(String, Value)], kind: &str, name: &str) -> &'a (String, Value) {
+    objects
+        .iter()
+        .find(|(_, o)| {
+            o.get("kind").and_then(Value::as_str) == Some(kind)
+                && o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The objects of `kind` among `objects`.
+fn objects_of<'a>(objects: &'a [(String, Value)], kind: &str) -> Vec<&'a (String, Value)> {
+    objects
+        .iter()
+        .filter(|(_, o)| o.get("kind").and_then(Value::as_str) == Some(kind))
+        .collect()
+}
+
+/// The overlay's phonegate Deployment, patched: (where it came from, the object).
+fn overlay_phonegate() -> (String, Value) {
+    let objects = kustomize(OVERLAY_DIR);
+    let name = text_at(DEPLOYMENT, &deployment(), &["metadata", "name"]).to_owned();
+    object(&objects, "Deployment", &name).clone()
+}
+
+/// The phonegate container of the overlay's Deployment.
+fn overlay_container((file, d): &(String, Value)) -> &Value {
+    named(
+        file,
+        items(file, d, &["spec", "template", "spec", "containers"]),
+        "phonegate",
+        "container",
+    )
+}
+
+/// The overlay pods' environment, Secret references resolved from the overlay's template.
+fn overlay_env(
+    d: &(String, Value),
+    fill: &dyn Fn(&str) -> Option<String>,
+) -> HashMap<String, String> {
+    container_env(&d.0, overlay_container(d), OVERLAY_SECRET, fill)
+}
+
+/// Whether `selector` (label → value) selects a pod labelled `labels`.
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The Redis container of the overlay: (its Deployment's file, the Deployment, the container).
+fn overlay_redis(objects: &[(String, Value)]) -> (String, Value, Value) {
+    let found: Vec<(String, Value, Value)> = objects_of(objects, "Deployment")
+        .into_iter()
+        .flat_map(|(file, d)| {
+            items(file, d, &["spec", "template", "spec", "containers"])
+                .iter()
+                .filter(|c| {
+                    c.get("image")
+                        .and_then(Value::as_str)
+                        .is_some_and(|i| i.starts_with("redis:") || i.contains("/redis:"))
+                })
+                .map(|c| (file.clone(), d.clone(), c.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{OVERLAY_DIR}: expected one container running a redis image"
+    );
+    found.into_iter().next().expect("one")
+}
+
+/// The arguments of a container, `$(VAR)` expanded from its environment as the kubelet does.
+fn expanded_args(file: &str, c: &Value, env: &HashMap<String, String>) -> Vec<String> {
+    let args = match c.get("args") {
+        Some(_) => items(file, c, &["args"]),
+        None => &[],
+    };
+    args.iter()
+        .map(|a| {
+            let mut a = a.as_str().unwrap_or_default().to_owned();
+            for (k, v) in env {
+                a = a.replace(&format!("$({k})"), v);
+            }
+            assert!(
+                !a.contains("$("),
+                "{file}: argument {a:?} names an unset variable"
+            );
+            a
+        })
+        .collect()
+}
+
+/// The value following `flag` in `args` (redis-server's `--name value` form).
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .map(|i| args.get(i + 1).map(String::as_str).unwrap_or_default())
+}
+
+/// Bytes in a redis.conf memory value (`256mb`, `1gb`, `100000`).
+fn redis_bytes(file: &str, v: &str) -> u64 {
+    let v = v.to_ascii_lowercase();
+    for (suffix, factor) in [
+        ("gb", 1u64 << 30),
+        ("mb", 1 << 20),
+        ("kb", 1 << 10),
+        ("g", 1_000_000_000),
+        ("m", 1_000_000),
+        ("k", 1000),
+        ("b", 1),
+    ] {
+        if let Some(n) = v.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap_or_else(|_| panic!("{file}: {v:?}")) * factor;
+        }
+    }
+    v.parse().unwrap_or_else(|_| panic!("{file}: {v:?}"))
+}
+
+/// Keys shown commented out in a Secret template (`# key: value`): documented optional keys.
+fn commented_secret_keys(file: &str) -> BTreeSet<String> {
+    read(file)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('#'))
+        .filter_map(|l| {
+            let (key, value) = l.trim().split_once(": ")?;
+            let plain = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            (plain && !value.trim().is_empty()).then(|| key.to_owned())
+        })
+        .collect()
 }
 
 // ---- the Dockerfile ----
@@ -720,6 +1087,20 @@ fn env_file(file: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// `KEY=VALUE` lines an environment file shows commented out (`# PHONEGATE__...=value`).
+fn commented_env(file: &str) -> HashMap<String, String> {
+    read(file)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('#'))
+        .map(str::trim)
+        .filter(|l| l.starts_with("PHONEGATE"))
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k.trim().to_owned(), words(v).join(" ")))
+        })
+        .collect()
+}
+
 /// A path given to `key` in a TOML file, set or commented out (`# key = "..."`).
 fn toml_path_mention(file: &str, text: &str, key: &str) -> String {
     text.lines()
@@ -758,8 +1139,12 @@ fn unknown_environment_names_are_refused_so_the_name_checks_mean_something() {
         "PHONEGATE__SERVER__DRAIN_TIMEOUT",
         "PHONEGATE__CACHE__KEYSECRET",
         "PHONEGATE__ADMIN_LISTEN",
+        "PHONEGATE__REDIS__URI",
+        "PHONEGATE__REDIS_URL",
+        "PHONEGATE__REDIS__BREAKER__OPEN_SECS",
     ] {
-        let env = HashMap::from([(name.to_owned(), PLACEHOLDER.to_owned())]);
+        let mut env = companions(name);
+        env.insert(name.to_owned(), PLACEHOLDER.to_owned());
         assert!(
             Config::load_with_env(None, Some(env)).is_err(),
             "phonegate accepts the unknown name {name}: the checks of deploy/ names below would \
@@ -775,8 +1160,12 @@ fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
     for (k, v) in docker_env(&dockerfile()) {
         known.insert(k, (DOCKERFILE.to_owned(), v));
     }
-    for (k, v) in pod_env_with(&deployment(), Some(PLACEHOLDER)) {
+    for (k, v) in pod_env_with(&deployment(), &|name| Some(placeholder_for(name))) {
         known.insert(k, (DEPLOYMENT.to_owned(), v));
+    }
+    let overlay = overlay_phonegate();
+    for (k, v) in overlay_env(&overlay, &|name| Some(placeholder_for(name))) {
+        known.insert(k, (OVERLAY_DIR.to_owned(), v));
     }
     for (k, v) in env_file(SYSTEMD_ENV) {
         known.insert(k, (SYSTEMD_ENV.to_owned(), v));
@@ -813,14 +1202,21 @@ fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
             let value = inline
                 .filter(|v| v_is_plain(v))
                 .or_else(|| known.get(name).map(|(_, v)| v.clone()))
-                .unwrap_or_else(|| PLACEHOLDER.to_owned());
-            let alone = HashMap::from([(name.to_owned(), value.clone())]);
+                .unwrap_or_else(|| placeholder_for(name));
+            let mut alone = companions(name);
+            alone.insert(name.to_owned(), value.clone());
             if let Err(e) = Config::load_with_env(None, Some(alone)) {
                 panic!("{file}: {name}={value:?} is not accepted by phonegate: {e}");
             }
             env.insert(name.to_owned(), value);
             checked += 1;
         }
+        let mut together = HashMap::new();
+        for name in env.keys() {
+            together.extend(companions(name));
+        }
+        together.extend(env.clone());
+        let env = together;
         if let Err(e) = Config::load_with_env(None, Some(env.clone())) {
             panic!("{file}: its PHONEGATE__ variables together are refused: {e} ({env:?})");
         }
@@ -834,8 +1230,22 @@ fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
     for (file, env) in [
         (DOCKERFILE, docker_env(&dockerfile())),
         (DEPLOYMENT, pod_env(&deployment())),
-        (DEPLOYMENT, pod_env_with(&deployment(), Some(PLACEHOLDER))),
+        (
+            DEPLOYMENT,
+            pod_env_with(&deployment(), &|name| Some(placeholder_for(name))),
+        ),
+        (OVERLAY_DIR, overlay_env(&overlay, &|_| None)),
+        (
+            OVERLAY_DIR,
+            overlay_env(&overlay, &|name| Some(placeholder_for(name))),
+        ),
         (SYSTEMD_ENV, env_file(SYSTEMD_ENV)),
+        (SYSTEMD_ENV, {
+            // With every commented example uncommented too.
+            let mut env = env_file(SYSTEMD_ENV);
+            env.extend(commented_env(SYSTEMD_ENV));
+            env
+        }),
     ] {
         for name in env.keys() {
             assert!(
@@ -1123,7 +1533,10 @@ async fn cache_purges_on_the_pod_admin_port_need_the_optional_token() {
          deploy/README.md says"
     );
     // With the optional key present in the Secret.
-    let env = pod_env_with(&d, Some(PLACEHOLDER));
+    // Only admin-token: filling the optional redis-url too would give the state a Redis tier.
+    let env = pod_env_with(&d, &|name| {
+        (name == "PHONEGATE__ADMIN__TOKEN").then(|| PLACEHOLDER.to_owned())
+    });
     assert_eq!(
         env.get("PHONEGATE__ADMIN__TOKEN").map(String::as_str),
         Some(PLACEHOLDER),
@@ -1727,26 +2140,6 @@ fn the_pod_runs_as_the_image_user_with_a_locked_down_context() {
 
 #[test]
 fn the_memory_limit_covers_the_cache_and_upstream_bodies_in_flight() {
-    fn quantity(file: &str, q: &str) -> u64 {
-        let units = [
-            ("Ki", 1u64 << 10),
-            ("Mi", 1 << 20),
-            ("Gi", 1 << 30),
-            ("K", 1000),
-            ("M", 1_000_000),
-            ("G", 1_000_000_000),
-        ];
-        for (suffix, factor) in units {
-            if let Some(n) = q.strip_suffix(suffix) {
-                let n: u64 = n
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"));
-                return n * factor;
-            }
-        }
-        q.parse()
-            .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"))
-    }
     let d = deployment();
     let cfg = pod_config(&d);
     let c = container(&d);
@@ -1784,5 +2177,687 @@ fn the_deployment_runs_this_version_of_the_image() {
         tag,
         env!("CARGO_PKG_VERSION"),
         "{DEPLOYMENT}: image tag differs from the crate version in Cargo.toml"
+    );
+}
+
+// ---- several replicas with Redis (kubernetes-replicas-with-redis) and Redis in the base ----
+
+#[test]
+fn the_kustomize_reader_merges_patches_by_key() {
+    let target = [
+        "kind: Deployment",
+        "spec:",
+        "  replicas: 2",
+        "  template:",
+        "    spec:",
+        "      containers:",
+        "        - name: a",
+        "          image: x",
+        "          env:",
+        "            - name: K",
+        "              valueFrom:",
+        "                secretKeyRef:",
+        "                  key: k",
+        "                  optional: true",
+        "            - name: L",
+        "              value: l",
+    ];
+    let patch = [
+        "spec:",
+        "  replicas: 3",
+        "  template:",
+        "    spec:",
+        "      containers:",
+        "        - name: a",
+        "          env:",
+        "            - name: K",
+        "              valueFrom:",
+        "                secretKeyRef:",
+        "                  optional: false",
+    ];
+    let mut target = yaml::parse("inline", &target.join("\n")).remove(0);
+    let patch = yaml::parse("inline", &patch.join("\n")).remove(0);
+    strategic_merge("inline", "", &mut target, &patch);
+    assert_eq!(target["spec"]["replicas"], "3");
+    let c = &target["spec"]["template"]["spec"]["containers"];
+    assert_eq!(c.as_array().map(Vec::len), Some(1));
+    assert_eq!(c[0]["image"], "x");
+    let env = &c[0]["env"];
+    assert_eq!(env.as_array().map(Vec::len), Some(2));
+    assert_eq!(env[0]["valueFrom"]["secretKeyRef"]["key"], "k");
+    assert_eq!(env[0]["valueFrom"]["secretKeyRef"]["optional"], "false");
+    assert_eq!(env[1]["value"], "l");
+    assert_eq!(
+        normalize("deploy/kubernetes-replicas-with-redis/../kubernetes"),
+        BASE_DIR
+    );
+}
+
+#[test]
+fn the_overlay_builds_on_the_base_and_lists_every_file_but_its_secret_template() {
+    let kfile = format!("{OVERLAY_DIR}/kustomization.yaml");
+    let k = manifest(&kfile);
+    let mut listed = BTreeSet::new();
+    for r in items(&kfile, &k, &["resources"]) {
+        let path = normalize(&format!("{OVERLAY_DIR}/{}", r.as_str().expect("a path")));
+        assert!(
+            root().join(&path).exists(),
+            "{kfile}: resource {path} does not exist"
+        );
+        listed.insert(path);
+    }
+    assert!(
+        listed.contains(BASE_DIR),
+        "{kfile}: does not build on the base ({BASE_DIR})"
+    );
+    if k.get("patches").is_some() {
+        for p in items(&kfile, &k, &["patches"]) {
+            listed.insert(normalize(&format!(
+                "{OVERLAY_DIR}/{}",
+                text_at(&kfile, p, &["path"])
+            )));
+        }
+    }
+    let mut present = 0;
+    for entry in std::fs::read_dir(root().join(OVERLAY_DIR)).expect("read the overlay") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if !name.ends_with(".yaml") || name == "kustomization.yaml" {
+            continue;
+        }
+        present += 1;
+        let path = format!("{OVERLAY_DIR}/{name}");
+        let example = name.ends_with(".example.yaml");
+        assert_eq!(
+            listed.contains(&path),
+            !example,
+            "{kfile}: {name} {}",
+            if example {
+                "holds placeholders and must not be applied with -k"
+            } else {
+                "is neither a resource nor a patch"
+            }
+        );
+        let doc = manifest(&path);
+        for key in ["apiVersion", "kind"] {
+            text_at(&path, &doc, &[key]);
+        }
+        text_at(&path, &doc, &["metadata", "name"]);
+    }
+    assert!(present >= 4, "{OVERLAY_DIR}: expected its manifests");
+
+    // Everything of the base is still there, plus the overlay's own objects.
+    let base = kustomize(BASE_DIR);
+    let built = kustomize(OVERLAY_DIR);
+    for (file, o) in &base {
+        object(
+            &built,
+            text_at(file, o, &["kind"]),
+            text_at(file, o, &["metadata", "name"]),
+        );
+    }
+    assert!(
+        built.len() > base.len(),
+        "{kfile}: adds nothing to the base"
+    );
+}
+
+#[test]
+fn the_overlay_runs_at_least_three_replicas_within_its_hpa_range() {
+    let built = kustomize(OVERLAY_DIR);
+    let (dfile, d) = overlay_phonegate();
+    let name = text_at(&dfile, &d, &["metadata", "name"]);
+    let replicas = num_at(&dfile, &d, &["spec", "replicas"]);
+    assert!(
+        replicas >= 3,
+        "{dfile}: {replicas} replicas; the overlay is the several-replicas example"
+    );
+    let hpas: Vec<_> = objects_of(&built, "HorizontalPodAutoscaler")
+        .into_iter()
+        .filter(|(f, h)| text_at(f, h, &["spec", "scaleTargetRef", "name"]) == name)
+        .collect();
+    assert_eq!(
+        hpas.len(),
+        1,
+        "{OVERLAY_DIR}: one HPA for Deployment {name}"
+    );
+    let (hfile, hpa) = hpas[0];
+    let (min, max) = (
+        num_at(hfile, hpa, &["spec", "minReplicas"]),
+        num_at(hfile, hpa, &["spec", "maxReplicas"]),
+    );
+    assert!(
+        min >= 3,
+        "{hfile}: minReplicas {min}: the HPA would scale the overlay back below 3 replicas"
+    );
+    assert!(
+        min <= replicas && replicas <= max,
+        "{dfile}: replicas {replicas} outside {hfile}'s {min}..={max}"
+    );
+    for (pfile, pdb) in objects_of(&built, "PodDisruptionBudget") {
+        let min_available = num_at(pfile, pdb, &["spec", "minAvailable"]);
+        assert!(
+            min_available < min,
+            "{pfile}: minAvailable {min_available} would block every eviction at {min} replicas"
+        );
+    }
+}
+
+#[test]
+fn the_overlay_pods_start_with_the_shared_tier_and_the_shared_key() {
+    let d = overlay_phonegate();
+    let c = overlay_container(&d);
+    let var = named(
+        &d.0,
+        items(&d.0, c, &["env"]),
+        "PHONEGATE__REDIS__URL",
+        "env",
+    );
+    let r = at(&d.0, var, &["valueFrom", "secretKeyRef"]);
+    assert_ne!(
+        r.get("optional").and_then(Value::as_str),
+        Some("true"),
+        "{}: redis-url must be required in the overlay, or a Secret without it quietly runs the \
+         replicas without the shared tier",
+        d.0
+    );
+    let data = secret_data_of(OVERLAY_SECRET);
+    let env = overlay_env(&d, &|_| None);
+    let cfg = load(
+        &format!("{CONFIGMAP} with the env of {} and {OVERLAY_SECRET}", d.0),
+        &configmap_toml(),
+        &env,
+    );
+    let redis = cfg
+        .redis
+        .as_ref()
+        .unwrap_or_else(|| panic!("{}: the shared tier is off", d.0));
+    let urls: Vec<&str> = redis.urls.iter().map(|u| u.expose()).collect();
+    assert_eq!(
+        urls,
+        [data["redis-url"].as_str()],
+        "{OVERLAY_SECRET}: redis-url does not reach redis.url"
+    );
+    assert!(!redis.cluster, "{CONFIGMAP}: redis.cluster with one Redis");
+    assert_eq!(
+        cfg.cache.key_secret.as_deref(),
+        Some(data["cache-key-secret"].as_str()),
+        "{OVERLAY_SECRET}: cache-key-secret does not reach cache.key_secret"
+    );
+
+    // The real binary, started as the container starts it.
+    let file = temp_file("configmap.toml", &configmap_toml());
+    let mut run_env = env.clone();
+    run_env.insert(
+        "PHONEGATE_CONFIG".to_owned(),
+        file.to_string_lossy().into_owned(),
+    );
+    let out = run_binary(&["check-config".to_owned()], &run_env);
+    let password = &data["redis-password"];
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{}: `phonegate check-config` fails: {}",
+        d.0,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !printed.contains(password.as_str()),
+        "check-config printed the Redis password"
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("check-config prints JSON");
+    assert!(
+        shown["redis"]["url"].as_str().is_some(),
+        "{}: check-config shows no redis.url: {shown}",
+        d.0
+    );
+
+    // Without the shared key the replicas would not agree: start-up refuses, naming it.
+    run_env.remove("PHONEGATE__CACHE__KEY_SECRET");
+    let out = run_binary(&["check-config".to_owned()], &run_env);
+    std::fs::remove_file(&file).ok();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "redis.url without cache.key_secret must be refused with exit code 64"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cache.key_secret"),
+        "the refusal must name cache.key_secret: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_overlay_redis_url_reaches_its_redis_with_the_password_it_requires() {
+    let built = kustomize(OVERLAY_DIR);
+    let data = secret_data_of(OVERLAY_SECRET);
+    let url = data
+        .get("redis-url")
+        .unwrap_or_else(|| panic!("{OVERLAY_SECRET}: no redis-url"));
+    // The Redis client's own reading of the URL, as phonegate's.
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .unwrap_or_else(|e| panic!("{OVERLAY_SECRET}: redis-url is not a Redis URL: {e}"));
+    let (host, port) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        other => panic!("{OVERLAY_SECRET}: redis-url is not TCP: {other:?}"),
+    };
+
+    let (rfile, rdep, rc) = overlay_redis(&built);
+    let redis_labels = string_map(&rfile, &rdep, &["spec", "template", "metadata", "labels"]);
+    let redis_env = container_env(&rfile, &rc, OVERLAY_SECRET, &|_| None);
+    let args = expanded_args(&rfile, &rc, &redis_env);
+    let listens: u16 = flag_value(&args, "--port").map_or(6379, |p| {
+        p.parse()
+            .unwrap_or_else(|_| panic!("{rfile}: --port {p:?}"))
+    });
+    let container_port = |reference: &str| -> u16 {
+        reference.parse().unwrap_or_else(|_| {
+            let p = named(&rfile, items(&rfile, &rc, &["ports"]), reference, "port");
+            num_at(&rfile, p, &["containerPort"]) as u16
+        })
+    };
+    let redis_ports = items(&rfile, &rc, &["ports"]);
+    assert!(
+        redis_ports
+            .iter()
+            .any(|p| num_at(&rfile, p, &["containerPort"]) == u64::from(listens)),
+        "{rfile}: no containerPort is the port redis-server listens on ({listens})"
+    );
+
+    // The URL's host is the Redis Service (name, or name.namespace[.svc...]), its port one of
+    // the Service's ports, and that port leads to the port redis-server listens on.
+    let service = host.split('.').next().unwrap_or_default();
+    let (sfile, svc) = object(&built, "Service", service);
+    assert!(
+        selects(
+            &string_map(sfile, svc, &["spec", "selector"]),
+            &redis_labels
+        ),
+        "{sfile}: Service {service} (the host of redis-url) does not select the Redis pods"
+    );
+    let sport = items(sfile, svc, &["spec", "ports"])
+        .iter()
+        .find(|p| num_at(sfile, p, &["port"]) == u64::from(port))
+        .unwrap_or_else(|| {
+            panic!("{sfile}: Service {service} has no port {port}, the port of redis-url")
+        });
+    let target = match sport.get("targetPort") {
+        Some(t) => container_port(t.as_str().unwrap_or_default()),
+        None => port,
+    };
+    assert_eq!(
+        target, listens,
+        "{sfile}: port {port} targets {target}, but redis-server listens on {listens}"
+    );
+
+    // The password in the URL is the one redis-server requires, and both come from redis-password.
+    let required = flag_value(&args, "--requirepass")
+        .unwrap_or_else(|| panic!("{rfile}: redis-server without --requirepass"));
+    assert_eq!(
+        Some(required),
+        data.get("redis-password").map(String::as_str),
+        "{rfile}: --requirepass is not the Secret's redis-password"
+    );
+    assert_eq!(
+        info.redis_settings().password(),
+        Some(required),
+        "{OVERLAY_SECRET}: the password in redis-url differs from redis-password"
+    );
+
+    // Selectors keep the two kinds of pods apart: the phonegate Service, PDB and HPA target never
+    // count Redis pods, and the NetworkPolicy lets exactly phonegate pods reach Redis.
+    let (pfile, pd) = object(&built, "Deployment", "phonegate");
+    let pg_labels = string_map(pfile, pd, &["spec", "template", "metadata", "labels"]);
+    for (file, o) in &built {
+        let path: &[&str] = match text_at(file, o, &["kind"]) {
+            "Service" => &["spec", "selector"],
+            "Deployment" | "PodDisruptionBudget" => &["spec", "selector", "matchLabels"],
+            "NetworkPolicy" => &["spec", "podSelector", "matchLabels"],
+            _ => continue,
+        };
+        let selector = string_map(file, o, path);
+        let (pg, rd) = (
+            selects(&selector, &pg_labels),
+            selects(&selector, &redis_labels),
+        );
+        assert!(
+            pg != rd,
+            "{file}: selects {} of phonegate's and Redis's pods",
+            if pg { "both" } else { "neither" }
+        );
+    }
+    let mut admitted = false;
+    for (file, np) in objects_of(&built, "NetworkPolicy") {
+        if !selects(
+            &string_map(file, np, &["spec", "podSelector", "matchLabels"]),
+            &redis_labels,
+        ) {
+            continue;
+        }
+        for rule in items(file, np, &["spec", "ingress"]) {
+            let from_phonegate = items(file, rule, &["from"]).iter().any(|f| {
+                f.get("podSelector").is_some()
+                    && selects(
+                        &string_map(file, f, &["podSelector", "matchLabels"]),
+                        &pg_labels,
+                    )
+            });
+            let to_redis = items(file, rule, &["ports"])
+                .iter()
+                .any(|p| container_port(text_at(file, p, &["port"])) == listens);
+            admitted |= from_phonegate && to_redis;
+        }
+    }
+    assert!(
+        admitted,
+        "{OVERLAY_DIR}: no NetworkPolicy ingress rule lets phonegate pods reach Redis on {listens}"
+    );
+}
+
+#[test]
+fn every_secret_key_the_manifests_read_is_in_their_secret_template() {
+    let mut documented = BTreeMap::new();
+    for (dir, secret_file) in [(BASE_DIR, SECRET), (OVERLAY_DIR, OVERLAY_SECRET)] {
+        let secret = manifest(secret_file);
+        let secret_name = text_at(secret_file, &secret, &["metadata", "name"]).to_owned();
+        let data = secret_data_of(secret_file);
+        let commented = commented_secret_keys(secret_file);
+        let mut refs = Vec::new();
+        for (file, d) in objects_of(&kustomize(dir), "Deployment") {
+            let spec = at(file, d, &["spec", "template", "spec"]);
+            for c in items(file, spec, &["containers"]) {
+                let vars = match c.get("env") {
+                    Some(_) => items(file, c, &["env"]),
+                    None => &[],
+                };
+                for var in vars {
+                    if let Some(r) = var.pointer("/valueFrom/secretKeyRef") {
+                        refs.push((
+                            file.clone(),
+                            text_at(file, r, &["name"]).to_owned(),
+                            text_at(file, r, &["key"]).to_owned(),
+                            r.get("optional").and_then(Value::as_str) == Some("true"),
+                        ));
+                    }
+                }
+            }
+            let volumes = match spec.get("volumes") {
+                Some(_) => items(file, spec, &["volumes"]),
+                None => &[],
+            };
+            for v in volumes.iter().filter_map(|v| v.get("secret")) {
+                let optional = v.get("optional").and_then(Value::as_str) == Some("true");
+                for item in items(file, v, &["items"]) {
+                    refs.push((
+                        file.clone(),
+                        text_at(file, v, &["secretName"]).to_owned(),
+                        text_at(file, item, &["key"]).to_owned(),
+                        optional,
+                    ));
+                }
+            }
+        }
+        assert!(!refs.is_empty(), "{dir}: reads no Secret");
+        for (file, name, key, optional) in refs {
+            assert_eq!(
+                name, secret_name,
+                "{file}: reads Secret {name:?}, but {secret_file} is {secret_name:?}"
+            );
+            if optional {
+                assert!(
+                    data.contains_key(&key) || commented.contains(&key),
+                    "{file}: reads the optional key {key:?}, which {secret_file} neither sets nor \
+                     shows commented out"
+                );
+            } else {
+                assert!(
+                    data.contains_key(&key),
+                    "{file}: requires key {key:?}, absent from {secret_file}"
+                );
+            }
+        }
+        let keys: BTreeSet<String> = data.keys().cloned().chain(commented).collect();
+        documented.insert(secret_file, keys);
+    }
+    // The overlay's template is the base's plus the Redis keys.
+    let missing: Vec<&String> = documented[SECRET]
+        .difference(&documented[OVERLAY_SECRET])
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{OVERLAY_SECRET}: lacks the base template's keys {missing:?} (set or commented)"
+    );
+}
+
+#[test]
+fn the_overlay_redis_is_one_bounded_ephemeral_locked_down_pod() {
+    let built = kustomize(OVERLAY_DIR);
+    let (file, d, c) = overlay_redis(&built);
+    assert_eq!(
+        num_at(&file, &d, &["spec", "replicas"]),
+        1,
+        "{file}: several Redis pods behind one Service are separate caches, with separate locks \
+         and generations"
+    );
+    let env = container_env(&file, &c, OVERLAY_SECRET, &|_| None);
+    let args = expanded_args(&file, &c, &env);
+    let maxmemory = redis_bytes(
+        &file,
+        flag_value(&args, "--maxmemory")
+            .unwrap_or_else(|| panic!("{file}: no --maxmemory: Redis would grow until OOM-killed")),
+    );
+    assert!(maxmemory > 0, "{file}: --maxmemory 0 is no bound");
+    let policy = flag_value(&args, "--maxmemory-policy").unwrap_or("noeviction");
+    assert!(
+        ["volatile-lru", "volatile-lfu"].contains(&policy),
+        "{file}: --maxmemory-policy {policy}: full, Redis must evict entries (an evicted entry is \
+         only a miss) but never phonegate's purge counters, which have no expiry"
+    );
+    assert_eq!(
+        flag_value(&args, "--save"),
+        Some(""),
+        "{file}: no persistence needed; --save \"\" turns RDB snapshots off"
+    );
+    assert_eq!(flag_value(&args, "--appendonly"), Some("no"), "{file}");
+    let limit = quantity(
+        &file,
+        text_at(&file, &c, &["resources", "limits", "memory"]),
+    );
+    assert!(
+        limit >= maxmemory + maxmemory / 4,
+        "{file}: memory limit {limit} B leaves too little above maxmemory ({maxmemory} B) for \
+         Redis's own overhead"
+    );
+    let image = text_at(&file, &c, &["image"]);
+    assert!(
+        image
+            .rsplit_once(':')
+            .is_some_and(|(_, tag)| !tag.is_empty()),
+        "{file}: image {image:?} without a tag"
+    );
+    for (path, want) in [
+        (&["securityContext", "runAsNonRoot"][..], "true"),
+        (&["securityContext", "readOnlyRootFilesystem"][..], "true"),
+        (
+            &["securityContext", "allowPrivilegeEscalation"][..],
+            "false",
+        ),
+    ] {
+        assert_eq!(text_at(&file, &c, path), want, "{file}: {}", path.join("."));
+    }
+    assert!(
+        items(&file, &c, &["securityContext", "capabilities", "drop"])
+            .iter()
+            .any(|v| v == "ALL"),
+        "{file}: capabilities.drop lacks ALL"
+    );
+
+    // A Service named phonegate-... would inject PHONEGATE_..._SERVICE_HOST and friends into the
+    // phonegate pods; keep service links off there.
+    let (pfile, pd) = overlay_phonegate();
+    assert_eq!(
+        text_at(
+            &pfile,
+            &pd,
+            &["spec", "template", "spec", "enableServiceLinks"]
+        ),
+        "false",
+        "{pfile}: enableServiceLinks"
+    );
+}
+
+#[tokio::test]
+async fn overlay_pods_stay_ready_and_live_while_redis_is_unreachable() {
+    let d = overlay_phonegate();
+    let mut env = overlay_env(&d, &|_| None);
+    // A loopback port nobody listens on: the Redis Deployment not up yet, or down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    env.insert(
+        "PHONEGATE__REDIS__URL".to_owned(),
+        format!("redis://:{PLACEHOLDER}@127.0.0.1:{closed}/0"),
+    );
+    let cfg = load(&d.0, &configmap_toml(), &env);
+    assert!(cfg.redis.is_some());
+    let state = AppState::new(cfg).expect("state with an unreachable Redis");
+    let c = overlay_container(&d);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let path = text_at(&d.0, c, &[probe, "httpGet", "path"]).to_owned();
+        let req = Request::get(path.as_str())
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            phonegate::admin::handle(state.clone(), req),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{}: {probe} {path} hangs while Redis is down", d.0))
+        .expect("infallible");
+        assert_eq!(
+            answer.status(),
+            StatusCode::OK,
+            "{}: {probe} {path} fails while Redis is unreachable; Redis down must only be a \
+             slower path, not pods leaving the Service",
+            d.0
+        );
+    }
+}
+
+#[test]
+fn the_base_runs_without_redis_and_uses_it_when_the_secret_has_redis_url() {
+    let d = deployment();
+    let cfg = pod_config(&d);
+    assert!(
+        cfg.redis.is_none(),
+        "{DEPLOYMENT} with {SECRET}: the base must run without Redis"
+    );
+    let var = named(
+        DEPLOYMENT,
+        items(DEPLOYMENT, container(&d), &["env"]),
+        "PHONEGATE__REDIS__URL",
+        "env",
+    );
+    let r = at(DEPLOYMENT, var, &["valueFrom", "secretKeyRef"]);
+    assert_eq!(
+        text_at(DEPLOYMENT, r, &["optional"]),
+        "true",
+        "{DEPLOYMENT}: redis-url must be optional, so the base starts without Redis"
+    );
+    let key = text_at(DEPLOYMENT, r, &["key"]);
+    assert!(
+        !secret_data().contains_key(key),
+        "{SECRET}: sets {key}, so the template as given would need a Redis"
+    );
+    // The same Deployment with the overlay's redis-url in its Secret.
+    let url = secret_data_of(OVERLAY_SECRET)
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| panic!("{OVERLAY_SECRET}: no {key}, the key {DEPLOYMENT} reads"));
+    let env = pod_env_with(&d, &|name| {
+        (name == "PHONEGATE__REDIS__URL").then(|| url.clone())
+    });
+    let cfg = load(DEPLOYMENT, &configmap_toml(), &env);
+    let urls: Vec<String> = cfg
+        .redis
+        .as_ref()
+        .map(|r| r.urls.iter().map(|u| u.expose().to_owned()).collect())
+        .unwrap_or_default();
+    assert_eq!(urls, [url], "{DEPLOYMENT}: {key} does not reach redis.url");
+}
+
+#[test]
+fn the_commented_redis_examples_of_the_systemd_files_are_valid_defaults() {
+    let toml = read(SYSTEMD_TOML);
+    let lines: Vec<&str> = toml.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "# [redis]")
+        .unwrap_or_else(|| panic!("{SYSTEMD_TOML}: no commented `# [redis]` example"));
+    // Its settings: `# key = value` and `# [table]` lines up to the next uncommented line.
+    let block: Vec<&str> = lines[start..]
+        .iter()
+        .map(|l| l.trim())
+        .take_while(|l| l.is_empty() || l.starts_with('#'))
+        .filter_map(|l| {
+            let t = l.strip_prefix('#')?.trim();
+            let setting = t.starts_with("[redis")
+                || t.split_once('=').is_some_and(|(k, _)| {
+                    let k = k.trim();
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+            setting.then_some(t)
+        })
+        .collect();
+    assert!(block.len() > 2, "{SYSTEMD_TOML}: empty [redis] example");
+    let uncommented = format!("{toml}\n{}\n", block.join("\n"));
+
+    let mut env = env_file(SYSTEMD_ENV);
+    env.extend(commented_env(SYSTEMD_ENV));
+    assert!(
+        env.contains_key("PHONEGATE__REDIS__URL"),
+        "{SYSTEMD_ENV}: no PHONEGATE__REDIS__URL example"
+    );
+    let plain = load(SYSTEMD_TOML, &toml, &env)
+        .redis
+        .unwrap_or_else(|| panic!("{SYSTEMD_ENV}: the uncommented URL turns no tier on"));
+    let mut example = load(
+        &format!("{SYSTEMD_TOML} with its [redis] example uncommented"),
+        &uncommented,
+        &env,
+    )
+    .redis
+    .expect("a tier");
+    example.ca_path = None;
+    assert_eq!(
+        example, plain,
+        "{SYSTEMD_TOML}: the commented [redis] values are no longer the defaults it says they are"
+    );
+
+    // And the real binary, as the unit runs it.
+    let file = temp_file("systemd-redis.toml", &uncommented);
+    let out = run_binary(
+        &[
+            "--config".to_owned(),
+            file.to_string_lossy().into_owned(),
+            "check-config".to_owned(),
+        ],
+        &env,
+    );
+    std::fs::remove_file(&file).ok();
+    assert!(
+        out.status.success(),
+        "{SYSTEMD_TOML} + {SYSTEMD_ENV}, Redis examples uncommented: check-config fails: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
