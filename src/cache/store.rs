@@ -42,8 +42,6 @@ pub struct Fetched {
 struct Memory {
     l1: ResponseCache,
     generations: Generations,
-    /// Longest life of an entry (freshness plus stale window), raised by reloads.
-    horizon: std::sync::atomic::AtomicU64,
 }
 
 impl tier::Local for Memory {
@@ -52,13 +50,6 @@ impl tier::Local for Memory {
         if scope == Scope::All {
             self.l1.invalidate_all();
         }
-    }
-
-    fn horizon(&self) -> Duration {
-        // A generation counter in Redis must outlive every entry it hides; an hour at least, so
-        // a counter never lapses while a fill that read it is still running.
-        Duration::from_millis(self.horizon.load(std::sync::atomic::Ordering::Acquire))
-            .max(Duration::from_secs(3600))
     }
 }
 
@@ -88,9 +79,6 @@ impl Store {
         let memory = Arc::new(Memory {
             l1: ResponseCache::new(max_bytes, stale_window),
             generations: Generations::new(horizon),
-            horizon: std::sync::atomic::AtomicU64::new(
-                u64::try_from(horizon.as_millis()).unwrap_or(u64::MAX),
-            ),
         });
         if let Some(tier) = &tier {
             tier.start(Arc::clone(&memory) as Arc<dyn tier::Local>);
@@ -117,10 +105,6 @@ impl Store {
     /// Raises how long entries may live (a reload lengthened a TTL).
     pub fn extend_horizon(&self, horizon: Duration) {
         self.memory.generations.extend_horizon(horizon);
-        self.memory.horizon.fetch_max(
-            u64::try_from(horizon.as_millis()).unwrap_or(u64::MAX),
-            std::sync::atomic::Ordering::AcqRel,
-        );
     }
 
     /// This replica's current entry for `key` redacted under `policy_generation`, fresh or stale.
@@ -208,8 +192,7 @@ impl Store {
     pub async fn invalidate(&self, scope: Scope) {
         tier::Local::invalidate_local(&*self.memory, scope);
         if let Some(tier) = &self.tier {
-            tier.invalidate(scope, tier::Local::horizon(&*self.memory))
-                .await;
+            tier.invalidate(scope).await;
         }
     }
 
@@ -234,8 +217,7 @@ impl Store {
             Scope::All => true,
         });
         if let Some(tier) = &self.tier {
-            tier.invalidate(scope, tier::Local::horizon(&*self.memory))
-                .await;
+            tier.invalidate(scope).await;
         }
         removed
     }

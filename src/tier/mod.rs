@@ -431,32 +431,27 @@ impl Tier {
     }
 
     /// Makes `scope` unreachable in Redis and tells the other replicas; what Redis does not take
-    /// now is replayed when it is back. `keep` is how long a generation counter must outlive the
-    /// entries it hides.
-    pub async fn invalidate(&self, scope: Scope, keep: Duration) {
-        if !self.apply(&scope, keep).await {
+    /// now is replayed when it is back.
+    pub async fn invalidate(&self, scope: Scope) {
+        if !self.apply(&scope).await {
             self.queue(scope);
             return;
         }
         self.publish(&scope).await;
     }
 
-    async fn apply(&self, scope: &Scope, keep: Duration) -> bool {
+    async fn apply(&self, scope: &Scope) -> bool {
         let mut conn = self.conn.clone();
         match scope {
             Scope::Number(id) => {
                 let mut invocation = self.scripts.bump.prepare_invoke();
-                invocation
-                    .key(self.keys.number_generation(*id))
-                    .arg(millis(keep));
+                invocation.key(self.keys.number_generation(*id));
                 let moved: Option<i64> = self.run(invocation.invoke_async(&mut conn)).await;
                 moved.is_some()
             }
             Scope::Lists(credential) => {
                 let mut invocation = self.scripts.bump.prepare_invoke();
-                invocation
-                    .key(self.keys.lists_generation(credential))
-                    .arg(millis(keep));
+                invocation.key(self.keys.lists_generation(credential));
                 let moved: Option<i64> = self.run(invocation.invoke_async(&mut conn)).await;
                 moved.is_some()
             }
@@ -516,12 +511,12 @@ impl Tier {
     }
 
     /// Replays invalidations Redis missed; true when none is left.
-    async fn replay(&self, keep: Duration) -> bool {
+    async fn replay(&self) -> bool {
         let queued =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         let mut left = Vec::new();
         for scope in queued {
-            if self.apply(&scope, keep).await {
+            if self.apply(&scope).await {
                 self.publish(&scope).await;
             } else {
                 left.push(scope);

@@ -21,9 +21,6 @@ use crate::credential::{Fingerprint, KeyId};
 pub trait Local: Send + Sync {
     /// Drops (makes unreachable) this replica's copies covered by `scope`.
     fn invalidate_local(&self, scope: Scope);
-
-    /// How long a generation counter must outlive the entries it hides.
-    fn horizon(&self) -> Duration;
 }
 
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -84,7 +81,7 @@ pub(super) async fn listen(tier: Weak<Tier>, local: Arc<dyn Local>) {
                 // Invalidations queued while Redis was away go out first; then the purge
                 // counters are read again and this replica's memory is distrusted, since messages
                 // may have been missed.
-                let _ = current.replay(local.horizon()).await;
+                let _ = current.replay().await;
                 let _ = current.refresh_namespace().await;
                 local.invalidate_local(Scope::All);
                 current

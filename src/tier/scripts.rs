@@ -22,7 +22,10 @@ pub struct Scripts {
     pub store: Script,
     /// KEYS: lock. ARGV: token. Releases the lock if it is still ours.
     pub release: Script,
-    /// KEYS: generation. ARGV: how long to keep it (ms). Moves the generation.
+    /// KEYS: generation. Moves the generation. Counters never expire: one that vanished (expired
+    /// or evicted) would read as 0 again and revive entries stored under 0 before it moved, so
+    /// they live as long as the phone numbers and credentials that were written, and Redis must
+    /// evict with a `volatile-*` policy (entries have expiries, counters do not).
     pub bump: Script,
     /// KEYS: budget. ARGV: emission interval (ms), burst. GCRA on Redis's clock: 0 when allowed,
     /// else the milliseconds until a unit is available.
@@ -80,9 +83,7 @@ return 0
             ),
             bump: Script::new(
                 r"
-local v = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return v
+return redis.call('INCR', KEYS[1])
 ",
             ),
             gcra: Script::new(
