@@ -1071,12 +1071,21 @@ fn clean_names(key: &'static str, names: Vec<String>) -> Result<Vec<String>, Con
 fn parse_base_url(raw: &str) -> Result<String, ConfigError> {
     const KEY: &str = "upstream.url";
     // An unusable URL may still carry a key in its query or userinfo: never echo those parts.
-    let shown = if raw.contains('?') || raw.contains('@') {
+    let shown = if raw.contains('?') || raw.contains('@') || raw.contains('#') {
         "(hidden)"
     } else {
         raw
     };
     let value = shown;
+    // A fragment would end every request target built on this base (`{base}/phone-number/{id}`
+    // with a `#` in the base sends `GET {path before #}` for every id), so none is allowed.
+    if raw.contains('#') {
+        return Err(invalid(
+            KEY,
+            value,
+            "the URL must not have a fragment (#...)",
+        ));
+    }
     let uri: http::Uri = raw
         .parse()
         .map_err(|_| invalid(KEY, value, "expected an absolute http:// or https:// URL"))?;
@@ -1236,6 +1245,23 @@ mod tests {
         let ok =
             Config::from_toml("[tls]\ncert_path = \"/a.pem\"\nkey_path = \"/k.pem\"\n").unwrap();
         assert!(ok.tls.is_some());
+    }
+
+    #[test]
+    fn upstream_url_with_a_fragment_is_refused() {
+        for url in [
+            "http://upstream:8081/#x",
+            "http://upstream:8081#x",
+            "https://api.vapi.ai/#",
+        ] {
+            let err = Config::from_toml(&format!("[upstream]\nurl = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("upstream.url") && err.contains("fragment"),
+                "{url}: {err}"
+            );
+        }
     }
 
     #[test]

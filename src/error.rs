@@ -30,6 +30,8 @@ pub enum ProxyError {
     BodyTooLarge,
     /// A write's body carries the redaction placeholder.
     PlaceholderInBody,
+    /// A write's body repeats an object key; the message (which names the key) is kept whole.
+    DuplicateKey(Box<str>),
     /// A CORS preflight from an origin not in `cors.allowed_origins`.
     OriginNotAllowed,
     /// The upstream could not be connected to.
@@ -62,7 +64,9 @@ impl ProxyError {
             ProxyError::Route(RouteError::TooLong) => StatusCode::URI_TOO_LONG,
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) | ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
-            ProxyError::BodyNotAllowed | ProxyError::PlaceholderInBody => StatusCode::BAD_REQUEST,
+            ProxyError::BodyNotAllowed
+            | ProxyError::PlaceholderInBody
+            | ProxyError::DuplicateKey(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable
@@ -99,6 +103,7 @@ impl ProxyError {
             ProxyError::Forbidden(why) => why,
             ProxyError::BodyNotAllowed => "GET and HEAD requests must not carry a body",
             ProxyError::BadBody(why) => why,
+            ProxyError::DuplicateKey(message) => message,
             ProxyError::BodyTooLarge => "the request body is too large",
             ProxyError::PlaceholderInBody => {
                 "the body carries \"[REDACTED]\", the placeholder phonegate shows where a secret \
@@ -148,6 +153,7 @@ impl ProxyError {
             ProxyError::BadBody(_) => "bad_body",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::PlaceholderInBody => "placeholder_in_body",
+            ProxyError::DuplicateKey(_) => "duplicate_key",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",

@@ -29,3 +29,4 @@ pub mod state;
 pub mod tier;
 pub mod tls;
 pub mod upstream;
+pub mod write_body;

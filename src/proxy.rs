@@ -40,12 +40,12 @@ use crate::cors::Preflight;
 use crate::credential::{Fingerprint, KeyId};
 use crate::error::ProxyError;
 use crate::metrics::RequestLabels;
-use crate::redact;
 use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
 use crate::response_filter::{self, Ttls};
 use crate::route::{self, Route};
 use crate::shield::{Health, Pass, Refusal};
 use crate::state::{AppState, Live};
+use crate::write_body::{self, BodyError};
 
 /// How much longer than its own deadlines (queue wait plus upstream exchange) a caller waits for
 /// a shared fetch: the fetch is bounded by those, so this only matters if its task is starved.
@@ -688,16 +688,19 @@ where
             }
         })?
         .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| ProxyError::BadBody("the request body must be valid JSON"))?;
-    if !value.is_object() {
-        return Err(ProxyError::BadBody(
-            "the request body must be a JSON object",
-        ));
-    }
-    if redact::contains_placeholder(&value) {
-        return Err(ProxyError::PlaceholderInBody);
-    }
+    write_body::check(&bytes).map_err(|e| match e {
+        BodyError::NotJson => ProxyError::BadBody("the request body must be valid JSON"),
+        BodyError::NotObject => ProxyError::BadBody("the request body must be a JSON object"),
+        BodyError::Placeholder => ProxyError::PlaceholderInBody,
+        BodyError::DuplicateKey(key) => ProxyError::DuplicateKey(
+            format!(
+                "the request body repeats the key {}; upstreams disagree on which one wins, so \
+                 send each key once",
+                serde_json::Value::String(key)
+            )
+            .into(),
+        ),
+    })?;
     Ok(bytes)
 }
 

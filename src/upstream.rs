@@ -66,11 +66,57 @@ impl From<UpstreamError> for ProxyError {
     }
 }
 
+/// The upstream's scheme, authority and base path, kept apart so a request target is built from
+/// them and a route's path, and nothing in the base URL (a `?`, a `#`) can replace the path.
+#[derive(Debug, Clone)]
+struct Base {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    path: String,
+}
+
+impl Base {
+    fn parse(url: &str) -> Result<Self, TlsError> {
+        let bad = || TlsError {
+            key: "upstream.url",
+            message: "not an absolute URL without query or fragment".to_owned(),
+        };
+        let uri: http::Uri = url.parse().map_err(|_| bad())?;
+        let parts = uri.into_parts();
+        if parts
+            .path_and_query
+            .as_ref()
+            .is_some_and(|pq| pq.query().is_some())
+        {
+            return Err(bad());
+        }
+        Ok(Base {
+            scheme: parts.scheme.ok_or_else(bad)?,
+            authority: parts.authority.ok_or_else(bad)?,
+            path: parts
+                .path_and_query
+                .map(|pq| pq.path().trim_end_matches('/').to_owned())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// `{scheme}://{authority}{base path}{path_and_query}`.
+    fn join(&self, path_and_query: &str) -> Result<http::Uri, UpstreamError> {
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path_and_query}", self.path))
+            .build()
+            // The path comes from a parsed route; a failure here is a bug, not a request.
+            .map_err(|_| UpstreamError::Failed)
+    }
+}
+
 /// The pooled upstream client.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    base_url: String,
+    base: Base,
     timeout: Duration,
     max_body_bytes: usize,
 }
@@ -94,7 +140,7 @@ impl Upstream {
             .build(https);
         Ok(Upstream {
             client,
-            base_url: config.base_url.clone(),
+            base: Base::parse(&config.base_url)?,
             timeout: config.timeout,
             max_body_bytes: config.max_body_bytes,
         })
@@ -112,7 +158,7 @@ impl Upstream {
         request_id: &HeaderValue,
         body: Option<Bytes>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let uri = format!("{}{}", self.base_url, path_and_query);
+        let uri = self.base.join(path_and_query)?;
         let mut headers = upstream_headers(authorization, request_id);
         if body.is_some() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -208,6 +254,22 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_in_the_base_url_can_replace_the_route_path() {
+        let base = Base::parse("http://upstream:8081/prefix/").unwrap();
+        let uri = base.join("/phone-number/abc").unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://upstream:8081/prefix/phone-number/abc"
+        );
+        let base = Base::parse("https://api.vapi.ai").unwrap();
+        assert_eq!(
+            base.join("/v2/phone-number?limit=5").unwrap().to_string(),
+            "https://api.vapi.ai/v2/phone-number?limit=5"
+        );
+        assert!(Base::parse("http://upstream:8081/?x=1").is_err());
+    }
 
     #[test]
     fn only_the_allow_listed_headers_go_upstream() {

@@ -972,6 +972,33 @@ async fn write_bodies_over_max_request_body_bytes_get_413() {
 }
 
 #[tokio::test]
+async fn bodies_repeating_a_key_are_refused_naming_it() {
+    let (mock, proxy) = setup("").await;
+    for (body, key) in [
+        (
+            r#"{"twilioAuthToken":"[REDACTED]","twilioAuthToken":"real-secret"}"#,
+            "twilioAuthToken",
+        ),
+        (
+            r#"{"server":{"url":"https://a.example","url":"https://b.example"}}"#,
+            "url",
+        ),
+        (r#"{"hooks":[{"on":"x","on":"y"}]}"#, "on"),
+    ] {
+        for (method, target) in [
+            (Method::POST, "/phone-number".to_owned()),
+            (Method::PATCH, path(TWILIO_ID)),
+        ] {
+            let what = format!("{method} {body}");
+            let resp = write(&proxy, method, &target, TOKEN_A, body).await;
+            let message = assert_json_error(&resp, 400, &what);
+            assert!(message.contains(&format!("\"{key}\"")), "{what}: {message}");
+        }
+    }
+    assert_eq!(mock.hits(), 0, "nothing was forwarded");
+}
+
+#[tokio::test]
 async fn bodies_carrying_the_placeholder_are_refused_with_an_explanation() {
     let (mock, proxy) = setup("").await;
     let bodies = [
