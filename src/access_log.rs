@@ -11,6 +11,8 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use tracing::field::{Field, Visit};
@@ -259,6 +261,7 @@ type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct LogControl {
     set: SetLevel,
     from_env: bool,
+    dropped: Arc<AtomicU64>,
 }
 
 impl LogControl {
@@ -270,18 +273,24 @@ impl LogControl {
         }
         (self.set)(level).map(|()| true)
     }
+
+    /// Lines dropped so far because stdout stalled (`phonegate_log_lines_dropped_total`).
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
 }
 
 /// Sets up logging to stdout for the whole process; keep the guard alive until exit so buffered
 /// lines are flushed.
 ///
 /// Lines go through [`BatchWriter`], which writes them in batches from its own thread, so a
-/// request never waits on stdout; it is not lossy, so under extreme back-pressure requests wait
-/// rather than lines being dropped.
+/// request never waits on stdout; when stdout stalls long enough to fill its buffer, lines are
+/// dropped and counted rather than requests held up.
 /// `RUST_LOG`, when set, overrides `log.level` for operational logs; the access log is always on.
 pub fn init(config: &LogConfig) -> Result<(FlushGuard, LogControl), String> {
     let (writer, guard) =
         BatchWriter::new(std::io::stdout()).map_err(|e| format!("cannot start logging: {e}"))?;
+    let writer_dropped = writer.dropped();
     let from_env = std::env::var_os("RUST_LOG").is_some();
     let ops_filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
@@ -327,7 +336,15 @@ pub fn init(config: &LogConfig) -> Result<(FlushGuard, LogControl), String> {
         .with(ops.with_filter(not_access).with_filter(ops_filter))
         .try_init();
     result.map_err(|e| format!("logging was already set up: {e}"))?;
-    Ok((guard, LogControl { set, from_env }))
+    let dropped = writer_dropped;
+    Ok((
+        guard,
+        LogControl {
+            set,
+            from_env,
+            dropped,
+        },
+    ))
 }
 
 #[cfg(test)]

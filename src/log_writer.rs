@@ -7,11 +7,18 @@
 //! [`FLUSH_EVERY`], so a quiet proxy's lines still appear promptly. This is the trade nginx makes
 //! with `access_log ... buffer= flush=`: a crash can lose the last [`FLUSH_EVERY`] of lines.
 //! Whole lines are appended under the lock, so lines from different threads never interleave.
+//!
+//! A request never waits on stdout. When the output stalls (a full pipe, a stuck log shipper) and
+//! the buffer reaches [`MAX_BUFFERED`], further lines are dropped and counted
+//! (`phonegate_log_lines_dropped_total`); once output flows again the flusher writes one line
+//! saying how many were lost. Shutdown waits for the last batch at most [`CLOSE_WAIT`], so a
+//! stalled stdout cannot keep the process alive.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -20,16 +27,22 @@ pub const FLUSH_BYTES: usize = 64 * 1024;
 /// Longest a line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-/// Buffered bytes past which writers wait for the flusher: memory stays bounded if stdout stalls,
-/// and lines are delayed rather than lost.
-const MAX_BUFFERED: usize = 16 * 1024 * 1024;
+/// Buffered bytes past which lines are dropped: memory stays bounded if stdout stalls, and no
+/// request waits. A healthy stdout drains far faster than lines arrive (the flusher is woken at
+/// [`FLUSH_BYTES`]), so only a stalled one ever fills this.
+pub const MAX_BUFFERED: usize = 1024 * 1024;
+
+/// Longest shutdown waits for the flusher to write what is left.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 struct Shared {
     buf: Mutex<Buffer>,
     /// Wakes the flusher early (buffer past FLUSH_BYTES, or closing).
     wake: Condvar,
-    /// Wakes writers waiting for room.
-    room: Condvar,
+    /// Lines dropped since start (for the metric).
+    dropped: Arc<AtomicU64>,
+    /// Lines dropped and not yet reported in the output.
+    unreported: AtomicU64,
 }
 
 struct Buffer {
@@ -59,7 +72,8 @@ impl BatchWriter {
                 closed: false,
             }),
             wake: Condvar::new(),
-            room: Condvar::new(),
+            dropped: Arc::new(AtomicU64::new(0)),
+            unreported: AtomicU64::new(0),
         });
         let for_thread = Arc::clone(&shared);
         let flusher = std::thread::Builder::new()
@@ -82,12 +96,13 @@ impl BatchWriter {
                         std::mem::swap(&mut buf.bytes, &mut spare);
                         buf.closed
                     };
-                    for_thread.room.notify_all();
                     if !spare.is_empty() {
                         // Nowhere to report a failed log write; carry on with the next batch.
-                        let _ = out.write_all(&spare);
-                        let _ = out.flush();
+                        let written = out.write_all(&spare).and_then(|()| out.flush());
                         spare.clear();
+                        if written.is_ok() {
+                            report_drops(&for_thread, &mut out);
+                        }
                     }
                     if closed {
                         // Catch lines appended between the swap and the close.
@@ -114,6 +129,34 @@ impl BatchWriter {
     }
 }
 
+/// Output flows again: say how many lines it lost, as a log line of its own.
+fn report_drops<W: Write>(shared: &Shared, out: &mut W) {
+    let lost = shared.unreported.swap(0, Ordering::AcqRel);
+    if lost == 0 {
+        return;
+    }
+    let line = serde_json::json!({
+        "timestamp": rfc3339_now(),
+        "level": "WARN",
+        "target": "phonegate::log",
+        "message": "log lines were dropped while the output was stalled",
+        "dropped": lost,
+    });
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// RFC 3339 like the other lines, to the second: this line is rare.
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl BatchWriter {
+    /// Lines dropped so far because the output stalled.
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.dropped)
+    }
+}
+
 impl Write for BatchWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let mut buf = self
@@ -121,13 +164,12 @@ impl Write for BatchWriter {
             .buf
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        while buf.bytes.len() >= MAX_BUFFERED && !buf.closed {
-            buf = self
-                .shared
-                .room
-                .wait_timeout(buf, FLUSH_EVERY)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        if buf.bytes.len() + bytes.len() > MAX_BUFFERED {
+            drop(buf);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.unreported.fetch_add(1, Ordering::Relaxed);
+            // Claimed as written: a log line is never worth an error in the request path.
+            return Ok(bytes.len());
         }
         buf.bytes.extend_from_slice(bytes);
         if buf.bytes.len() >= FLUSH_BYTES {
@@ -158,7 +200,16 @@ impl Drop for FlushGuard {
             .unwrap_or_else(PoisonError::into_inner)
             .closed = true;
         self.shared.wake.notify_all();
-        if let Some(flusher) = self.flusher.take() {
+        let Some(flusher) = self.flusher.take() else {
+            return;
+        };
+        // The flusher may be stuck writing to a stalled stdout; it is not waited for past
+        // CLOSE_WAIT (the process exit ends it).
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while !flusher.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if flusher.is_finished() {
             let _ = flusher.join();
         }
     }
@@ -210,6 +261,79 @@ mod tests {
             lines.iter().all(|l| l == &"one" || l.starts_with('t')),
             "no torn lines"
         );
+    }
+
+    /// An output that blocks until released, like a full pipe.
+    #[derive(Clone, Default)]
+    struct Stalled {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Stalled {
+        fn release(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let mut open = self.open.0.lock().unwrap();
+            while !*open {
+                open = self.open.1.wait(open).unwrap();
+            }
+            self.got.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_output_drops_and_counts_lines_and_never_blocks_a_writer() {
+        let out = Stalled::default();
+        let (writer, guard) = BatchWriter::new(out.clone()).unwrap();
+        // One write per line, as the log layers do.
+        let mut line = vec![b'x'; 399];
+        line.push(b'\n');
+        let started = Instant::now();
+        let mut w = writer.clone();
+        for _ in 0..(3 * MAX_BUFFERED / 400) {
+            w.write_all(&line).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "writers never wait for the output"
+        );
+        let dropped = writer.dropped().load(Ordering::Relaxed);
+        assert!(dropped > 0, "lines past the bound are dropped");
+        // Output flows again: the backlog arrives, then one line says how many were lost.
+        out.release();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&out.got.lock().unwrap()).contains("\"dropped\"") {
+            assert!(Instant::now() < deadline, "the drop report never came");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(guard);
+        let text = String::from_utf8_lossy(&out.got.lock().unwrap()).into_owned();
+        let report = text.lines().find(|l| l.contains("\"dropped\"")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(report).unwrap();
+        assert!(v["dropped"].as_u64().unwrap() >= 1);
+        assert_eq!(v["level"], "WARN");
+    }
+
+    #[test]
+    fn closing_never_waits_long_for_a_stalled_output() {
+        let out = Stalled::default();
+        let (mut writer, guard) = BatchWriter::new(out.clone()).unwrap();
+        writer.write_all(&vec![b'x'; FLUSH_BYTES + 1]).unwrap();
+        std::thread::sleep(FLUSH_EVERY * 2);
+        let started = Instant::now();
+        drop(guard);
+        assert!(started.elapsed() < CLOSE_WAIT + Duration::from_secs(1));
+        out.release();
     }
 
     #[test]

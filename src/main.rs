@@ -73,6 +73,7 @@ fn run(config_path: Option<&Path>) -> ExitCode {
             Err(error) => return fail(1, &error.to_string()),
         };
         let state = Arc::clone(server.state());
+        state.metrics.count_log_drops_from(log_control.dropped());
         let config_path = config_path.map(Path::to_path_buf);
         tokio::spawn(reload_on_sighup(state, config_path, log_control));
         server.run(shutdown_signal()).await;

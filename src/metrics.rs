@@ -4,6 +4,9 @@
 //! state, not a process-wide global, so each server (and each test) counts on its own.
 //! Labels are `&'static str` and integers, so counting a request allocates nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -77,6 +80,9 @@ pub struct Metrics {
     cache_entries: Gauge,
     cache_bytes: Gauge,
     breaker_open: Gauge,
+    log_lines_dropped: Counter,
+    /// Where the log writer counts dropped lines (set once logging is up; see `main.rs`).
+    log_drop_source: OnceLock<Arc<AtomicU64>>,
     /// The shared Redis tier's metrics (all zero while it is off).
     pub tier: TierMetrics,
 }
@@ -277,9 +283,17 @@ impl Metrics {
             "Upstream circuit breaker: 0 closed, 1 open, 2 half-open (probing)",
             breaker_open.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stdout stalled and the log buffer was full",
+            log_lines_dropped.clone(),
+        );
         let tier = TierMetrics::register(&mut registry);
         Metrics {
             tier,
+            log_lines_dropped,
+            log_drop_source: OnceLock::new(),
             registry,
             requests,
             request_duration,
@@ -347,8 +361,20 @@ impl Metrics {
         &self.open_connections
     }
 
+    /// Reports `phonegate_log_lines_dropped_total` from the log writer's count of dropped lines.
+    pub fn count_log_drops_from(&self, source: Arc<AtomicU64>) {
+        let _ = self.log_drop_source.set(source);
+    }
+
     /// Renders the Prometheus text format, after setting the gauges sampled at scrape time.
     pub fn render(&self, cache_entries: u64, cache_bytes: u64, breaker_state: i64) -> String {
+        if let Some(source) = self.log_drop_source.get() {
+            let total = source.load(Ordering::Relaxed);
+            let reported = self.log_lines_dropped.get();
+            if total > reported {
+                self.log_lines_dropped.inc_by(total - reported);
+            }
+        }
         self.cache_entries
             .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
         self.cache_bytes

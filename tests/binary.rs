@@ -889,7 +889,10 @@ async fn a_shared_tier_without_a_shared_key_secret_is_refused_with_64() {
     let out = command(
         &["check-config"],
         &[
-            ("PHONEGATE__REDIS__URL", "redis://:hunter2-secret@127.0.0.1:6379"),
+            (
+                "PHONEGATE__REDIS__URL",
+                "redis://:hunter2-secret@127.0.0.1:6379",
+            ),
             ("PHONEGATE__CACHE__KEY_SECRET", "binary-test-secret-0123"),
         ],
     )
@@ -918,5 +921,104 @@ async fn hash_token_prints_the_sha256_of_stdin() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "token_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+}
+
+/// `phonegate_log_lines_dropped_total` on the admin listener.
+async fn dropped_lines(admin: SocketAddr) -> u64 {
+    let req = Request::get(format!("http://{admin}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send(req)
+        .await
+        .text()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("phonegate_log_lines_dropped_total ")?
+                .parse()
+                .ok()
+        })
+        .expect("the metric is exported")
+}
+
+/// Sends hits until the log buffer (1 MiB) behind a stdout nobody reads has overflowed; every
+/// request must be answered meanwhile.
+async fn overflow_the_log(running: &Running) {
+    let url = running.url(&path(TWILIO_ID));
+    for round in 0..40 {
+        let ids: Vec<String> = (0..250).map(|i| format!("stall-{round}-{i}")).collect();
+        let batch = ids.iter().map(|id| get(&url, Some(TOKEN_A), id));
+        for resp in futures_util::future::join_all(batch).await {
+            assert_eq!(
+                resp.status,
+                StatusCode::OK,
+                "answered while stdout is stalled"
+            );
+        }
+        if dropped_lines(running.admin).await > 0 {
+            return;
+        }
+    }
+    panic!("10,000 requests never filled the log buffer");
+}
+
+#[tokio::test]
+async fn a_stalled_stdout_drops_counted_lines_instead_of_blocking_and_reports_them_later() {
+    let mock = MockVapi::start().await;
+    let mut running = Running::start(&mock.url(), &[], &[]).await;
+    // Nobody reads stdout: the pipe fills, then phonegate's log buffer.
+    overflow_the_log(&running).await;
+    let health = Request::get(format!("http://{}/healthz", running.admin))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(send(health).await.status, StatusCode::OK);
+    // Output flows again: the lost lines are reported.
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stdout.read(&mut chunk).await {
+                Ok(0) | Err(_) => return seen,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    // One more request gives the flusher a batch to write after the stall.
+    let _ = get(&running.url(&path(VAPI_ID)), Some(TOKEN_A), "after-stall").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, _) = running.terminate().await;
+    assert!(status.success(), "{status}");
+    let out = String::from_utf8_lossy(&reader.await.expect("reader")).into_owned();
+    let report = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["target"] == "phonegate::log")
+        .expect("a line reports the dropped lines once output flows");
+    assert!(
+        report["dropped"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_process_whatever_stdout_does() {
+    let mock = MockVapi::start().await;
+    let running = Running::start(
+        &mock.url(),
+        &[],
+        &[("PHONEGATE__SERVER__DRAIN_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    overflow_the_log(&running).await;
+    let pid = running.pid();
+    running.sigterm();
+    let mut child = running.child;
+    // stdout is still never read.
+    let exited = tokio::time::timeout(Duration::from_secs(6), child.wait()).await;
+    assert!(
+        matches!(exited, Ok(Ok(status)) if status.success()),
+        "phonegate (pid {pid}) did not exit within the drain timeout with stdout stalled: {exited:?}"
     );
 }
