@@ -64,18 +64,28 @@ pub struct AccessRecord<'a> {
 }
 
 /// Longest path written to the log; the rest is cut so one request cannot write megabytes.
-const MAX_LOGGED_PATH: usize = 256;
+pub const MAX_LOGGED_PATH: usize = 256;
+/// Longest method written (real ones are under 10 bytes; hyper accepts any token up to the head
+/// size, 64 KiB).
+pub const MAX_LOGGED_METHOD: usize = 32;
+/// Longest request id written (phonegate only reuses sane ids of at most 128 bytes anyway).
+pub const MAX_LOGGED_REQUEST_ID: usize = 128;
+/// Longest managed-mode client name written.
+pub const MAX_LOGGED_CLIENT: usize = 64;
+/// No access-log line is longer than this, whatever a caller sends: every caller-controlled field
+/// is cut before it is escaped, and the rest are fixed-size.
+pub const MAX_LINE_BYTES: usize = 4096;
 
 /// Emits one access-log event.
 pub fn emit(record: &AccessRecord<'_>) {
     let path = truncate(record.path, MAX_LOGGED_PATH);
     tracing::info!(
         target: TARGET,
-        request_id = record.request_id,
-        method = record.method,
+        request_id = truncate(record.request_id, MAX_LOGGED_REQUEST_ID),
+        method = truncate(record.method, MAX_LOGGED_METHOD),
         path = path,
         route = record.route,
-        client = record.client,
+        client = record.client.map(|c| truncate(c, MAX_LOGGED_CLIENT)),
         status = record.status,
         cache = record.cache,
         duration_ms = millis(record.duration),
@@ -380,6 +390,31 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "exactly one line: {text}");
         serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn no_line_exceeds_the_bound_whatever_the_caller_sends() {
+        // Every caller-controlled field at its worst: huge, and made of characters that escape
+        // to six bytes each.
+        let huge = "\u{1}\"".repeat(30_000);
+        let rec = AccessRecord {
+            request_id: &huge,
+            method: &huge,
+            path: &huge,
+            client: Some(&huge),
+            reason: Some("bad_path"),
+            upstream: Some(Duration::from_secs(1_000_000)),
+            duration: Duration::from_secs(1_000_000),
+            bytes: u64::MAX,
+            ..record()
+        };
+        let out = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(AccessLayer::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, || emit(&rec));
+        let line = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(line.len() <= MAX_LINE_BYTES, "{} bytes", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(v["method"].as_str().unwrap().len() <= MAX_LOGGED_METHOD);
     }
 
     fn record() -> AccessRecord<'static> {

@@ -84,10 +84,7 @@ fn run(config_path: Option<&Path>) -> ExitCode {
 fn check_config(config_path: Option<&Path>) -> ExitCode {
     match Config::load(config_path) {
         Ok(config) => match serde_json::to_string_pretty(&config.to_masked_json()) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
+            Ok(text) => print_out(&text),
             Err(error) => fail(1, &format!("cannot print the configuration: {error}")),
         },
         Err(error) => fail(EXIT_CONFIG, &error.to_string()),
@@ -101,7 +98,9 @@ fn hash_token(generate: bool) -> ExitCode {
             return fail(1, &format!("cannot generate a token: {error}"));
         }
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        println!("token: {token}");
+        if let Err(code) = print_line(&format!("token: {token}")) {
+            return code;
+        }
         token
     } else {
         let mut line = String::new();
@@ -117,11 +116,31 @@ fn hash_token(generate: bool) -> ExitCode {
         }
         token
     };
-    println!(
+    print_out(&format!(
         "token_sha256: {}",
         phonegate::auth::token_sha256_hex(&token)
-    );
-    ExitCode::SUCCESS
+    ))
+}
+
+/// Prints `line` on stdout; see [`print_line`].
+fn print_out(line: &str) -> ExitCode {
+    match print_line(line) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// Prints `line` on stdout. A reader that went away (`phonegate check-config | head -1`) is not
+/// an error: it has what it wanted, so the exit is clean (0); other write errors exit 1 with a
+/// message, never a panic.
+fn print_line(line: &str) -> Result<(), ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
+        Err(error) => Err(fail(1, &format!("cannot write to stdout: {error}"))),
+    }
 }
 
 /// Reloads the configuration file and environment on every SIGHUP. A configuration that does

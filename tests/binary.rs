@@ -1022,3 +1022,77 @@ async fn sigterm_ends_the_process_whatever_stdout_does() {
         "phonegate (pid {pid}) did not exit within the drain timeout with stdout stalled: {exited:?}"
     );
 }
+
+#[tokio::test]
+async fn no_access_log_line_exceeds_the_documented_bound() {
+    let mock = MockVapi::start().await;
+    let running = Running::start(&mock.url(), &[], &[]).await;
+    let method = "X".repeat(60_000);
+    let long_path = format!("/phone-number/{}", "a".repeat(20_000));
+    for request in [
+        format!(
+            "{method} /phone-number/{TWILIO_ID} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET {long_path} HTTP/1.1\r\nHost: x\r\nx-request-id: {}\r\nConnection: close\r\n\r\n",
+            "r".repeat(5_000)
+        ),
+    ] {
+        let answer = support::raw(running.listen, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 4"),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+    let (status, stdout, _) = running.terminate().await;
+    assert!(status.success());
+    let access: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("\"phonegate::access\""))
+        .collect();
+    assert_eq!(access.len(), 2, "{stdout}");
+    for line in access {
+        assert!(line.len() <= 4096, "a {} byte access-log line", line.len());
+        let v: Value = serde_json::from_str(line).expect("JSON");
+        assert!(v["method"].as_str().is_some_and(|m| m.len() <= 32), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn every_subcommand_exits_cleanly_on_a_closed_pipe() {
+    for (args, input) in [
+        (&["check-config"][..], None),
+        (&["hash-token", "--generate"][..], None),
+        (&["hash-token"][..], Some("some-token\n")),
+        (&["--version"][..], None),
+        (&["--help"][..], None),
+    ] {
+        // A pipe whose reader is already gone: every write to it fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut cmd = command(args, &[]);
+        cmd.stdout(Stdio::from(writer));
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("spawn");
+        if let Some(text) = input {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(text.as_bytes()).await.expect("write stdin");
+        }
+        let out = tokio::time::timeout(PROCESS_DEADLINE, child.wait_with_output())
+            .await
+            .expect("exits in time")
+            .expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+        assert!(
+            out.status.code().is_some(),
+            "{args:?} died of a signal: {:?}",
+            out.status
+        );
+    }
+}
