@@ -37,7 +37,7 @@ use crate::auth::Caller;
 use crate::cache::coalesce::{InFlight, Role};
 use crate::cache::{CacheKey, Entry, Fetched, Fill, Resource, Scope, Staleness};
 use crate::cors::Preflight;
-use crate::credential::{Fingerprint, KeyId};
+use crate::credential::{self, Fingerprint, KeyId};
 use crate::error::ProxyError;
 use crate::metrics::RequestLabels;
 use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
@@ -509,11 +509,15 @@ async fn call_upstream(
         .call(method, path, authorization, request_id, body)
         .await
     {
+        // The credential this exchange sent (the caller's key, or managed mode's own) never
+        // comes back in an answer, should an error body echo the request.
         Ok(answer) => response_filter::filter(
             answer,
             &live.policy,
             ttls,
-            live.scrub.as_deref(),
+            credential::bearer_token(std::iter::once(authorization))
+                .ok()
+                .and_then(|token| std::str::from_utf8(token).ok()),
             Instant::now(),
         )
         .map(|mut entry| {

@@ -28,8 +28,11 @@ pub struct Ttls {
 }
 
 /// Redacts and classifies one upstream answer. `scrub` is a literal that must never be relayed
-/// (managed mode's upstream key, should an error body echo the request): every string containing
-/// it has it replaced by the placeholder.
+/// (the credential the request sent upstream, should an error body echo it): every string and key
+/// containing it, in its plain or percent-encoded spelling, has it replaced by the placeholder.
+/// JSON escapes (`\/`, `\u0041`) are undone by parsing, so they are covered too. Literals
+/// shorter than [`MIN_SCRUB_LEN`] are left alone: they are no real key, and replacing them would
+/// garble ordinary text.
 ///
 /// - 2xx: must be JSON the policy can redact, else 502; a 200 is cacheable for `ttls.ok`.
 /// - 404: redacted and cacheable for `ttls.not_found`.
@@ -72,6 +75,9 @@ pub fn filter(
     })
 }
 
+/// Shortest credential that is scrubbed from answers.
+pub const MIN_SCRUB_LEN: usize = 8;
+
 /// Parses, redacts and re-serialises a body; the error says why it cannot be relayed.
 fn redact_body(raw: &[u8], policy: &Policy, scrub: Option<&str>) -> Result<Bytes, &'static str> {
     let mut value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
@@ -85,8 +91,14 @@ fn redact_body(raw: &[u8], policy: &Policy, scrub: Option<&str>) -> Result<Bytes
     policy.redact(&mut value).map_err(|e| match e {
         RedactError::TooDeep { .. } => "the upstream answer was nested too deeply",
     })?;
-    if let Some(literal) = scrub.filter(|l| !l.is_empty()) {
+    if let Some(literal) = scrub.filter(|l| l.len() >= MIN_SCRUB_LEN) {
         scrub_literal(&mut value, literal);
+        let encoded =
+            percent_encoding::utf8_percent_encode(literal, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        if encoded != literal {
+            scrub_literal(&mut value, &encoded);
+        }
     }
     // The body lives in the cache for its whole TTL: an exact-size allocation, not the doubling
     // buffer serde_json wrote into (benches/memory.rs measured ~430 B wasted per entry otherwise).

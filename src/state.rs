@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::auth::Authenticator;
 use crate::cache::store::View;
 use crate::cache::{Lifetimes, Store};
-use crate::config::{AuthConfig, Config};
+use crate::config::Config;
 use crate::cors::Cors;
 use crate::credential::Fingerprinter;
 use crate::metrics::Metrics;
@@ -57,8 +57,6 @@ pub struct Live {
     pub auth: Authenticator,
     /// CORS policy for browser callers.
     pub cors: Cors,
-    /// A literal no answer may carry: managed mode's upstream key.
-    pub scrub: Option<String>,
     /// Counts redaction policy changes; cache entries carry the generation that redacted them.
     pub policy_generation: u64,
 }
@@ -95,10 +93,6 @@ impl Live {
             stale_if_error: config.cache.stale_if_error,
         };
         let auth = Authenticator::new(&config.auth, fingerprinter).map_err(StateError::Auth)?;
-        let scrub = match &config.auth {
-            AuthConfig::Managed { api_key, .. } => Some(api_key.clone()),
-            AuthConfig::Passthrough => None,
-        };
         let policy = config.redact.policy();
         Ok(Live {
             policy_id: policy.identity(),
@@ -106,7 +100,6 @@ impl Live {
             lifetimes,
             auth,
             cors: Cors::new(&config.cors_allowed_origins),
-            scrub,
             policy_generation,
             config,
         })

@@ -393,3 +393,60 @@ async fn the_cache_holds_only_redacted_bytes() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_callers_own_key_never_comes_back_in_a_relayed_body() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(
+        &mock.url(),
+        "[cache]\nstale_while_revalidate_secs = 0\nstale_if_error_secs = 0\n",
+    )
+    .await;
+    let json = || vec![("content-type".to_owned(), "application/json".to_owned())];
+    let plus_key = "abc+def/ghi-0123==";
+    let cases = [
+        (
+            TOKEN_A,
+            400,
+            r#"{"message":"bad Authorization: Bearer test-key-alice-0001","statusCode":400}"#,
+        ),
+        // A JSON-escaped spelling of the same key.
+        (
+            TOKEN_A,
+            401,
+            r#"{"message":["Invalid Key test\u002dkey\u002dalice\u002d0001"],"statusCode":401}"#,
+        ),
+        (
+            TOKEN_A,
+            404,
+            r#"{"message":"nothing for test-key-alice-0001","test-key-alice-0001":true}"#,
+        ),
+        // Percent-encoded, as inside a URL an upstream built from the request.
+        (
+            plus_key,
+            400,
+            r#"{"message":"see https://x.example/debug?k=abc%2Bdef%2Fghi%2D0123%3D%3D","statusCode":400}"#,
+        ),
+    ];
+    for (i, (token, status, body)) in cases.into_iter().enumerate() {
+        mock.set_behavior(Behavior::Raw {
+            status,
+            headers: json(),
+            body: body.into(),
+        });
+        let id = format!("20000000-0000-4000-8000-00000000000{i}");
+        let resp = get(&proxy, &path(&id), Some(token)).await;
+        assert_eq!(resp.status.as_u16(), status, "{}", resp.text());
+        let text = resp.text();
+        assert!(!text.contains(token), "case {i}: the key came back: {text}");
+        assert!(
+            !text.contains("alice"),
+            "case {i}: part of the key came back: {text}"
+        );
+        assert!(
+            !text.contains("ghi"),
+            "case {i}: part of the key came back: {text}"
+        );
+        assert!(text.contains("[REDACTED]"), "case {i}: {text}");
+    }
+}
