@@ -203,6 +203,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     header_timeout_ms: u64,
+    idle_timeout_ms: u64,
     drain_timeout_ms: u64,
     max_connections: u64,
     request_timeout_ms: u64,
@@ -440,6 +441,9 @@ pub struct TlsConfig {
 pub struct ServerConfig {
     /// Time a client has to send a request's headers. Default is 10 s.
     pub header_timeout: Duration,
+    /// How long a connection may stay open with no request in flight, HTTP/1.1 and HTTP/2.
+    /// Default is 10 s.
+    pub idle_timeout: Duration,
     /// Time in-flight requests get on shutdown. Default is 10 s.
     pub drain_timeout: Duration,
     /// Open client connections at most. Default is 10000.
@@ -581,6 +585,7 @@ impl Config {
             },
             "server": {
                 "header_timeout_ms": ms(self.server.header_timeout),
+                "idle_timeout_ms": ms(self.server.idle_timeout),
                 "drain_timeout_ms": ms(self.server.drain_timeout),
                 "max_connections": self.server.max_connections,
                 "request_timeout_ms": ms(self.server.request_timeout),
@@ -625,6 +630,7 @@ impl RawSettings {
                     "server.header_timeout_ms",
                     self.server.header_timeout_ms,
                 )?,
+                idle_timeout: positive_ms("server.idle_timeout_ms", self.server.idle_timeout_ms)?,
                 drain_timeout: millis("server.drain_timeout_ms", self.server.drain_timeout_ms)?,
                 max_connections: at_least_one(
                     "server.max_connections",

@@ -60,6 +60,7 @@ pub fn apply(state: &AppState, mut new: Config) -> Result<Outcome, String> {
     keep!("cache.stale_if_error_secs", cache.stale_if_error);
     keep!("log.format", log.format);
     keep!("server.header_timeout_ms", server.header_timeout);
+    keep!("server.idle_timeout_ms", server.idle_timeout);
     keep!("server.drain_timeout_ms", server.drain_timeout);
     keep!("server.max_connections", server.max_connections);
     keep!("redis", redis);

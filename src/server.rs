@@ -209,6 +209,7 @@ struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Protocols {
@@ -220,15 +221,21 @@ impl Protocols {
             .keep_alive(true)
             .max_buf_size(MAX_HEADER_BYTES)
             .max_header_size(MAX_HEADER_BYTES);
+        let idle_timeout = config.server.idle_timeout;
+        // Pings at half the idle timeout find a dead peer (no PING ack) before the connection
+        // would have been closed for idleness anyway.
+        let ping = (idle_timeout / 2).max(Duration::from_millis(500));
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .keep_alive_interval(Some(ping))
+            .keep_alive_timeout(ping);
         Protocols {
             http1: h1,
             http2: h2,
             header_timeout,
+            idle_timeout,
         }
     }
 }
@@ -328,6 +335,11 @@ async fn serve_http<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let activity = Activity::default();
+    let idle = Idle {
+        activity: activity.clone(),
+        after: protocols.idle_timeout,
+    };
     if is_h2 {
         // hyper's HTTP/2 server has no header timeout, so a client that opens a connection and
         // never completes a request would hold it forever: the first request must arrive by the
@@ -336,14 +348,14 @@ async fn serve_http<I>(
         let flag = Arc::clone(&seen);
         let service = service_fn(move |req| {
             flag.store(true, Ordering::Relaxed);
-            proxy::handle(Arc::clone(&state), req)
+            activity.track(proxy::handle(Arc::clone(&state), req))
         });
         let conn = protocols.http2.serve_connection(io, service);
-        drive(conn, stop, Some((deadline, seen))).await;
+        drive(conn, stop, Some((deadline, seen)), idle).await;
     } else {
-        let service = service_fn(move |req| proxy::handle(Arc::clone(&state), req));
+        let service = service_fn(move |req| activity.track(proxy::handle(Arc::clone(&state), req)));
         let conn = protocols.http1.serve_connection(io, service);
-        drive(conn, stop, None).await;
+        drive(conn, stop, None, idle).await;
     }
 }
 
@@ -354,12 +366,13 @@ async fn drive<C>(
     conn: C,
     mut stop: watch::Receiver<bool>,
     first_request: Option<(Instant, Arc<AtomicBool>)>,
+    idle_for: Idle,
 ) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     tokio::pin!(conn);
-    let idle = async {
+    let no_first_request = async {
         match &first_request {
             Some((deadline, seen)) => {
                 tokio::time::sleep_until(*deadline).await;
@@ -368,6 +381,12 @@ async fn drive<C>(
                 }
             }
             None => std::future::pending::<()>().await,
+        }
+    };
+    let idle = async {
+        tokio::select! {
+            () = no_first_request => {}
+            () = idle_for.elapsed() => {}
         }
     };
     tokio::pin!(idle);
@@ -397,6 +416,60 @@ async fn drive<C>(
                 conn.as_mut().graceful_shutdown();
             }
             () = give_up => return,
+        }
+    }
+}
+
+/// Requests in flight on one connection; every start and end wakes the idle watch.
+#[derive(Clone)]
+struct Activity(Arc<watch::Sender<usize>>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Activity {
+    /// Counts `request` as in flight until it finishes (or is dropped).
+    fn track<F: Future>(&self, request: F) -> impl Future<Output = F::Output> + use<F> {
+        struct InFlight(Arc<watch::Sender<usize>>);
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                self.0.send_modify(|n| *n = n.saturating_sub(1));
+            }
+        }
+        self.0.send_modify(|n| *n += 1);
+        let guard = InFlight(Arc::clone(&self.0));
+        async move {
+            let output = request.await;
+            drop(guard);
+            output
+        }
+    }
+}
+
+/// A connection's idle timeout (`server.idle_timeout_ms`).
+struct Idle {
+    activity: Activity,
+    after: Duration,
+}
+
+impl Idle {
+    /// Resolves once no request has been in flight for the whole timeout.
+    async fn elapsed(&self) {
+        let mut changes = self.activity.0.subscribe();
+        loop {
+            let in_flight = *changes.borrow_and_update();
+            if in_flight == 0 {
+                match tokio::time::timeout(self.after, changes.changed()).await {
+                    Err(_) => return,
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => std::future::pending::<()>().await,
+                }
+            } else if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

@@ -437,3 +437,90 @@ async fn two_streams_share_one_h2c_connection() {
     let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_h2c_connection_is_closed_after_the_idle_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(
+        &mock.url(),
+        "[server]\nidle_timeout_ms = 300\nheader_timeout_ms = 5000\n",
+    )
+    .await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(proxy.url(&path(TWILIO_ID)))
+        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let _ = resp.into_body().collect().await.expect("body");
+    // The client keeps its side open; the server ends the idle connection (GOAWAY, then close).
+    let answered = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an idle HTTP/2 connection stayed open past the idle timeout"
+    );
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(250),
+        "closed before the idle timeout: {after:?}"
+    );
+    drop(sender);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_h2c_connection_is_not_closed_for_idleness() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "[server]\nidle_timeout_ms = 400\n").await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    // A request every 150 ms for 1.5 s: never 400 ms without one.
+    for _ in 0..10 {
+        let req = Request::get(proxy.url(&path(TWILIO_ID)))
+            .header("authorization", format!("Bearer {TOKEN_A}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("the connection is still open");
+        assert_eq!(resp.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(!conn.is_finished());
+    drop(sender);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(
+        &mock.url(),
+        "[server]\nidle_timeout_ms = 300\nheader_timeout_ms = 5000\n",
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN_A}\r\n\r\n",
+        path(TWILIO_ID)
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let answered = Instant::now();
+    let outcome = wait_closed(&mut stream, answered, Duration::from_secs(3)).await;
+    assert!(
+        matches!(outcome, Outcome::Closed(_)),
+        "an idle HTTP/1.1 connection outlived the idle timeout: {outcome:?}"
+    );
+}
