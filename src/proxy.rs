@@ -681,6 +681,12 @@ where
         ));
     }
     let limit = live.config.server.max_request_body_bytes;
+    // A declared length over the cap is refused before the body is touched: hyper sends
+    // `100 Continue` only once the body is polled, so a client that asked first gets the 413 at
+    // once instead of being invited to upload what will be refused.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ProxyError::BodyTooLarge);
+    }
     let bytes = Limited::new(body, limit)
         .collect()
         .await

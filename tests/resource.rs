@@ -1164,3 +1164,28 @@ async fn a_reload_that_shortens_the_ttl_applies_to_entries_already_cached() {
     );
     assert_eq!(mock.hits(), 2);
 }
+
+#[tokio::test]
+async fn a_declared_body_over_the_cap_is_refused_at_once_without_100_continue() {
+    let (mock, proxy) = setup("[server]\nmax_request_body_bytes = 1024\n").await;
+    for expect in ["Expect: 100-continue\r\n", ""] {
+        let head = format!(
+            "PATCH {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\
+             Content-Type: application/json\r\nContent-Length: 10000000\r\n{expect}\r\n",
+            path(TWILIO_ID)
+        );
+        // No body follows: the answer must not wait for one.
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut got))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{expect:?}: {text}");
+        assert!(!text.contains("100 Continue"), "{text}");
+    }
+    assert_eq!(mock.hits(), 0);
+}
