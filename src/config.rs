@@ -159,6 +159,8 @@ struct RawLimits {
     requests_per_sec_per_key: u32,
     request_burst: u32,
     max_tracked_keys: u64,
+    upstream_requests_per_sec: u32,
+    upstream_burst: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +168,7 @@ struct RawLimits {
 struct RawCache {
     ttl_secs: u64,
     negative_ttl_secs: u64,
+    auth_failure_ttl_secs: u64,
     list_ttl_secs: u64,
     stale_while_revalidate_secs: u64,
     stale_if_error_secs: u64,
@@ -280,6 +283,9 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Freshness of a 404. Default is 5 s; 0 disables caching of 404s.
     pub negative_ttl: Duration,
+    /// How long an upstream 401/403 for a credential answers that credential's requests from
+    /// memory. Default is 2 s; 0 turns it off.
+    pub auth_failure_ttl: Duration,
     /// Freshness of a list answer. Default is 10 s; 0 disables caching of lists.
     pub list_ttl: Duration,
     /// After the TTL, how long a stale answer is served while it is refreshed. Default is 30 s.
@@ -299,6 +305,7 @@ impl fmt::Debug for CacheConfig {
         f.debug_struct("CacheConfig")
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
+            .field("auth_failure_ttl", &self.auth_failure_ttl)
             .field("list_ttl", &self.list_ttl)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("stale_if_error", &self.stale_if_error)
@@ -356,6 +363,10 @@ pub struct ShieldConfig {
     pub request_burst: u32,
     /// Most credentials tracked by limits and cool-downs. Default is 100000.
     pub max_tracked_keys: u64,
+    /// All upstream requests together, a second; 0 is off. Default is 0.
+    pub upstream_requests_per_sec: u32,
+    /// Burst of that budget. Default is the rate.
+    pub upstream_burst: u32,
 }
 
 /// Whose credential goes upstream.
@@ -554,6 +565,7 @@ impl Config {
             "cache": {
                 "ttl_secs": secs(self.cache.ttl),
                 "negative_ttl_secs": secs(self.cache.negative_ttl),
+                "auth_failure_ttl_secs": secs(self.cache.auth_failure_ttl),
                 "list_ttl_secs": secs(self.cache.list_ttl),
                 "stale_while_revalidate_secs": secs(self.cache.stale_while_revalidate),
                 "stale_if_error_secs": secs(self.cache.stale_if_error),
@@ -572,6 +584,8 @@ impl Config {
                 "requests_per_sec_per_key": self.shield.requests_per_sec_per_key,
                 "request_burst": self.shield.request_burst,
                 "max_tracked_keys": self.shield.max_tracked_keys,
+                "upstream_requests_per_sec": self.shield.upstream_requests_per_sec,
+                "upstream_burst": self.shield.upstream_burst,
             },
             "auth": auth,
             "cors": { "allowed_origins": self.cors_allowed_origins },
@@ -686,6 +700,7 @@ impl RawCache {
         Ok(CacheConfig {
             ttl: seconds("cache.ttl_secs", self.ttl_secs)?,
             negative_ttl: seconds("cache.negative_ttl_secs", self.negative_ttl_secs)?,
+            auth_failure_ttl: seconds("cache.auth_failure_ttl_secs", self.auth_failure_ttl_secs)?,
             list_ttl: seconds("cache.list_ttl_secs", self.list_ttl_secs)?,
             stale_while_revalidate: seconds(
                 "cache.stale_while_revalidate_secs",
@@ -830,6 +845,12 @@ fn validate_shield(upstream: &RawUpstream, limits: RawLimits) -> Result<ShieldCo
             limits.request_burst
         },
         max_tracked_keys: at_least_one("limits.max_tracked_keys", limits.max_tracked_keys)? as u64,
+        upstream_requests_per_sec: limits.upstream_requests_per_sec,
+        upstream_burst: if limits.upstream_burst == 0 {
+            limits.upstream_requests_per_sec
+        } else {
+            limits.upstream_burst
+        },
     })
 }
 

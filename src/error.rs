@@ -79,9 +79,10 @@ impl ProxyError {
             ProxyError::Refused(
                 Refusal::RequestLimit(_) | Refusal::MissLimit(_) | Refusal::CoolingDown(_),
             ) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Refused(Refusal::BreakerOpen(_) | Refusal::QueueFull) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Refused(
+                Refusal::BreakerOpen(_) | Refusal::QueueFull | Refusal::UpstreamLimit(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Refused(Refusal::RecentAuthFailure { status, .. }) => *status,
             ProxyError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -132,6 +133,14 @@ impl ProxyError {
             ProxyError::Refused(Refusal::QueueFull) => {
                 "too many requests are waiting for the upstream API"
             }
+            ProxyError::Refused(Refusal::UpstreamLimit(_)) => {
+                "phonegate's budget of upstream requests is spent for now; retry after the given \
+                 delay"
+            }
+            ProxyError::Refused(Refusal::RecentAuthFailure { .. }) => {
+                "the upstream API refused this key moments ago; it is not asked again until the \
+                 given delay has passed"
+            }
             ProxyError::RequestTimeout => "the request took too long",
         }
     }
@@ -166,6 +175,8 @@ impl ProxyError {
             ProxyError::Refused(Refusal::CoolingDown(_)) => "cooling_down",
             ProxyError::Refused(Refusal::BreakerOpen(_)) => "breaker_open",
             ProxyError::Refused(Refusal::QueueFull) => "queue_full",
+            ProxyError::Refused(Refusal::UpstreamLimit(_)) => "upstream_limit",
+            ProxyError::Refused(Refusal::RecentAuthFailure { .. }) => "recent_auth_failure",
             ProxyError::RequestTimeout => "request_timeout",
         }
     }
@@ -177,7 +188,9 @@ impl ProxyError {
                 Refusal::RequestLimit(d)
                 | Refusal::MissLimit(d)
                 | Refusal::CoolingDown(d)
-                | Refusal::BreakerOpen(d),
+                | Refusal::BreakerOpen(d)
+                | Refusal::UpstreamLimit(d)
+                | Refusal::RecentAuthFailure { left: d, .. },
             ) => *d,
             ProxyError::Refused(Refusal::QueueFull) => Duration::from_secs(1),
             _ => return None,

@@ -336,6 +336,8 @@ fn upstream_failure(result: &Result<Arc<Entry>, ProxyError>) -> Option<&'static 
         Ok(entry) if entry.status == StatusCode::TOO_MANY_REQUESTS => Some("upstream_429"),
         Ok(entry) if entry.status.is_server_error() => Some("upstream_5xx"),
         Ok(_) => None,
+        // A key the upstream just refused gets no stale data either.
+        Err(ProxyError::Refused(Refusal::RecentAuthFailure { .. })) => None,
         Err(error) => Some(error.reason()),
     }
 }
@@ -528,6 +530,16 @@ async fn call_upstream(
     };
     let elapsed = started.elapsed();
     drop(slot);
+    if let Ok(entry) = &result {
+        if entry.status == StatusCode::UNAUTHORIZED || entry.status == StatusCode::FORBIDDEN {
+            state.shield.note_auth_failure(
+                *upstream_key,
+                entry.status,
+                live.config.cache.auth_failure_ttl,
+                Instant::now(),
+            );
+        }
+    }
     let metrics = &state.metrics;
     metrics.upstream_exchange(elapsed.as_secs_f64());
     match &result {

@@ -74,7 +74,9 @@ pub fn apply(state: &AppState, mut new: Config) -> Result<Outcome, String> {
     outcome.limits_changed = s.0.misses_per_sec_per_key != s.1.misses_per_sec_per_key
         || s.0.miss_burst != s.1.miss_burst
         || s.0.requests_per_sec_per_key != s.1.requests_per_sec_per_key
-        || s.0.request_burst != s.1.request_burst;
+        || s.0.request_burst != s.1.request_burst
+        || s.0.upstream_requests_per_sec != s.1.upstream_requests_per_sec
+        || s.0.upstream_burst != s.1.upstream_burst;
     if new.log.level != old.log.level {
         outcome.new_log_level = Some(new.log.level.clone());
     }

@@ -334,9 +334,11 @@ async fn rate_limits_stay_per_client() {
 
 #[tokio::test]
 async fn the_upstream_key_never_reaches_a_client_even_when_the_upstream_echoes_it() {
+    // Each case must reach the upstream, so a 401 is not answered from memory afterwards.
     let (mock, proxy) = managed(
         "[limits]\nmisses_per_sec_per_key = 0\n\
          [cache]\nstale_while_revalidate_secs = 0\nstale_if_error_secs = 0\n\
+         auth_failure_ttl_secs = 0\n\
          [upstream.breaker]\nfailures = 100\n",
     )
     .await;

@@ -163,7 +163,9 @@ async fn two_credentials_never_share_an_entry() {
 #[tokio::test]
 async fn upstream_401s_are_relayed_and_never_cached() {
     let mock = MockVapi::start().await;
-    let proxy = Proxy::start(&mock.url(), "").await;
+    // With the short memory of refused keys off (tests/shielding.rs covers it), every 401 is
+    // the upstream's own answer, relayed, never a cache entry.
+    let proxy = Proxy::start(&mock.url(), "[cache]\nauth_failure_ttl_secs = 0\n").await;
     for _ in 0..3 {
         let resp = get(&proxy, &path(TWILIO_ID), Some("invalid-key")).await;
         assert_eq!(resp.status, StatusCode::UNAUTHORIZED);

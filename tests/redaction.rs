@@ -399,7 +399,8 @@ async fn the_callers_own_key_never_comes_back_in_a_relayed_body() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(
         &mock.url(),
-        "[cache]\nstale_while_revalidate_secs = 0\nstale_if_error_secs = 0\n",
+        "[cache]\nstale_while_revalidate_secs = 0\nstale_if_error_secs = 0\n\
+         auth_failure_ttl_secs = 0\n",
     )
     .await;
     let json = || vec![("content-type".to_owned(), "application/json".to_owned())];

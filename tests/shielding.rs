@@ -508,3 +508,86 @@ async fn stale_and_refusals_never_leak_secrets_for_any_variant() {
         assert!(!resp.text().contains(PLANTED), "{provider}");
     }
 }
+
+/// `phonegate_refusals_total{reason="<reason>"}` on `proxy`'s admin listener.
+async fn refusals(proxy: &Proxy, reason: &str) -> u64 {
+    let req = Request::get(format!("http://{}/metrics", proxy.admin_addr))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let series = format!("phonegate_refusals_total{{reason=\"{reason}\"}} ");
+    support::send(req)
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn made_up_credentials_share_one_budget_for_the_whole_upstream() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(
+        &mock.url(),
+        &format!("{QUIET}upstream_requests_per_sec = 1\nupstream_burst = 3\n"),
+    )
+    .await;
+    let mut answered = 0;
+    for i in 0..12 {
+        // A fresh credential each time: each would bring a fresh per-key budget.
+        let token = format!("made-up-key-{i:04}");
+        let resp = get(&proxy, &path(TWILIO_ID), Some(&token)).await;
+        match resp.status {
+            StatusCode::OK => answered += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_refusal(&resp, 503);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (3..=4).contains(&answered),
+        "{answered} reached the upstream"
+    );
+    assert_eq!(mock.hits(), answered);
+    assert_eq!(
+        refusals(&proxy, "upstream_limit").await,
+        12 - answered as u64
+    );
+}
+
+#[tokio::test]
+async fn a_key_the_upstream_refused_is_answered_from_memory_for_a_while() {
+    let mock = MockVapi::builder().valid_tokens([TOKEN_A]).start().await;
+    let proxy = Proxy::start(
+        &mock.url(),
+        &format!("{QUIET}[cache]\nauth_failure_ttl_secs = 1\n"),
+    )
+    .await;
+    let first = get(&proxy, &path(TWILIO_ID), Some(TOKEN_B)).await;
+    assert_eq!(first.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(mock.hits(), 1);
+    // Other numbers and routes with the same wrong key: no upstream call.
+    for target in [
+        path(VAPI_ID),
+        path(BYO_ID),
+        "/phone-number?limit=5".to_owned(),
+    ] {
+        let resp = get(&proxy, &target, Some(TOKEN_B)).await;
+        assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{target}");
+        assert!(resp.header("retry-after").is_some());
+    }
+    assert_eq!(mock.hits(), 1, "answered from memory");
+    assert_eq!(refusals(&proxy, "recent_auth_failure").await, 3);
+    // Another key is unaffected.
+    assert_eq!(
+        get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await.status,
+        StatusCode::OK
+    );
+    // Once the time has passed, the upstream is asked again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(&proxy, &path(VAPI_ID), Some(TOKEN_B)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(mock.hits(), 3);
+}

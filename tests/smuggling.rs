@@ -1672,7 +1672,11 @@ async fn request_targets_and_host_headers_cannot_redirect_or_smuggle() {
             .iter()
             .map(|v| v.to_str().unwrap_or("?").to_owned())
             .collect::<Vec<_>>();
-        assert_eq!(host, std::slice::from_ref(&upstream_host), "{name}: the upstream's Host");
+        assert_eq!(
+            host,
+            std::slice::from_ref(&upstream_host),
+            "{name}: the upstream's Host"
+        );
     }
 
     // `*` targets, CONNECT (authority-form and otherwise) and protocol upgrades: refused, or

@@ -99,6 +99,49 @@ impl KeyedLimiter {
     }
 }
 
+/// One rate limit for everything (all upstream requests together).
+pub struct DirectLimiter {
+    per_sec: u32,
+    burst: u32,
+    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
+    clock: DefaultClock,
+}
+
+impl DirectLimiter {
+    /// `per_sec` a second with bursts of `burst`; `None` when `per_sec` is 0 (off).
+    pub fn new(per_sec: u32, burst: u32) -> Option<Self> {
+        let rate = NonZeroU32::new(per_sec)?;
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(rate);
+        let clock = DefaultClock::default();
+        Some(DirectLimiter {
+            per_sec: rate.get(),
+            burst: burst.get(),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                clock.clone(),
+            ),
+            clock,
+        })
+    }
+
+    /// The rate, units a second.
+    pub fn per_sec(&self) -> u32 {
+        self.per_sec
+    }
+
+    /// The burst.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Takes one unit, or says how long until one is available.
+    pub fn check(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +154,16 @@ mod tests {
     #[test]
     fn zero_rate_means_off() {
         assert!(KeyedLimiter::new(0, 10, 100).is_none());
+        assert!(DirectLimiter::new(0, 10).is_none());
+    }
+
+    #[test]
+    fn the_direct_limit_is_shared_by_everyone() {
+        let limiter = DirectLimiter::new(1, 3).unwrap();
+        for _ in 0..3 {
+            assert!(limiter.check().is_ok());
+        }
+        assert!(limiter.check().is_err());
     }
 
     #[test]

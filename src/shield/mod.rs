@@ -42,6 +42,16 @@ pub enum Refusal {
     BreakerOpen(Duration),
     /// No upstream slot freed up within `upstream.queue_timeout_ms`.
     QueueFull,
+    /// The budget for all upstream requests together (`limits.upstream_requests_per_sec`) is
+    /// spent.
+    UpstreamLimit(Duration),
+    /// The upstream answered this credential 401 or 403 within `cache.auth_failure_ttl_secs`.
+    RecentAuthFailure {
+        /// The status it answered.
+        status: StatusCode,
+        /// How long until it is asked again.
+        left: Duration,
+    },
 }
 
 /// Permission for one upstream call; hand it back with [`Shield::record`].
@@ -77,10 +87,11 @@ impl Health {
     }
 }
 
-/// The per-credential budgets; replaced whole when a reload changes `limits.*`.
+/// The budgets; replaced whole when a reload changes `limits.*`.
 struct Limiters {
     misses: Option<KeyedLimiter>,
     requests: Option<KeyedLimiter>,
+    upstream: Option<limits::DirectLimiter>,
 }
 
 impl Limiters {
@@ -96,6 +107,10 @@ impl Limiters {
                 config.request_burst,
                 config.max_tracked_keys,
             ),
+            upstream: limits::DirectLimiter::new(
+                config.upstream_requests_per_sec,
+                config.upstream_burst,
+            ),
         }
     }
 }
@@ -108,7 +123,15 @@ pub struct Shield {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     max_retry_after: Duration,
+    auth_failures: moka::sync::Cache<Fingerprint, AuthFailure>,
     tier: Option<Arc<Tier>>,
+}
+
+/// An upstream 401/403 for a credential, answered from memory until `until`.
+#[derive(Debug, Clone, Copy)]
+struct AuthFailure {
+    status: StatusCode,
+    until: Instant,
 }
 
 impl Shield {
@@ -121,7 +144,32 @@ impl Shield {
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             queue_timeout: config.queue_timeout,
             max_retry_after: config.max_retry_after,
+            // The TTL only bounds memory; each entry's own `until` decides, so a reload that
+            // changes cache.auth_failure_ttl_secs applies to new entries at once.
+            auth_failures: moka::sync::Cache::builder()
+                .max_capacity(config.max_tracked_keys)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             tier,
+        }
+    }
+
+    /// Remembers that the upstream answered `key` with `status` (401 or 403), for `ttl`.
+    pub fn note_auth_failure(
+        &self,
+        key: Fingerprint,
+        status: StatusCode,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        if !ttl.is_zero() {
+            self.auth_failures.insert(
+                key,
+                AuthFailure {
+                    status,
+                    until: now + ttl,
+                },
+            );
         }
     }
 
@@ -168,6 +216,16 @@ impl Shield {
         upstream_key: &Fingerprint,
         now: Instant,
     ) -> Result<Pass, Refusal> {
+        // A key the upstream refused moments ago is answered from memory, before it spends any
+        // budget: a wrong or revoked key hammering phonegate never reaches the upstream.
+        if let Some(failure) = self.auth_failures.get(upstream_key) {
+            if now < failure.until {
+                return Err(Refusal::RecentAuthFailure {
+                    status: failure.status,
+                    left: failure.until - now,
+                });
+            }
+        }
         let limiters = self.limiters.load_full();
         if let (Some(limiter), Some(key)) = (&limiters.misses, charge) {
             self.take(limiter, key, 'm')
@@ -180,6 +238,21 @@ impl Shield {
             Gate::Probe => true,
             Gate::Cooling(left) => return Err(Refusal::CoolingDown(left)),
         };
+        if let Some(limiter) = &limiters.upstream {
+            let verdict = match &self.tier {
+                Some(tier) => tier
+                    .take_upstream(limiter.per_sec(), limiter.burst())
+                    .await
+                    .unwrap_or_else(|| limiter.check()),
+                None => limiter.check(),
+            };
+            if let Err(left) = verdict {
+                if cooldown_probe {
+                    self.cooldowns.release_probe(upstream_key);
+                }
+                return Err(Refusal::UpstreamLimit(left));
+            }
+        }
         let mut shared_probe = false;
         if let Some(tier) = &self.tier {
             match tier.cooldown(upstream_key, self.max_retry_after).await {

@@ -85,6 +85,11 @@ impl Keys {
         format!("{}{{c:{}}}:{kind}", self.prefix, credential.to_hex())
     }
 
+    /// The budget of all upstream requests together.
+    pub fn upstream_budget(&self) -> String {
+        format!("{}{{u}}:r", self.prefix)
+    }
+
     /// The 429 cool-down of an upstream credential, and its probe marker (same slot).
     pub fn cooldown(&self, credential: &Fingerprint) -> (String, String) {
         let base = format!("{}{{c:{}}}", self.prefix, credential.to_hex());

@@ -560,6 +560,16 @@ impl Tier {
         per_sec: u32,
         burst: u32,
     ) -> Option<Result<(), Duration>> {
+        self.gcra(self.keys.budget(credential, kind), per_sec, burst)
+            .await
+    }
+
+    /// One unit of the budget for all upstream requests together, shared by every replica.
+    pub async fn take_upstream(&self, per_sec: u32, burst: u32) -> Option<Result<(), Duration>> {
+        self.gcra(self.keys.upstream_budget(), per_sec, burst).await
+    }
+
+    async fn gcra(&self, key: String, per_sec: u32, burst: u32) -> Option<Result<(), Duration>> {
         if per_sec == 0 {
             return Some(Ok(()));
         }
@@ -567,7 +577,7 @@ impl Tier {
         let interval_ms = 1000.0 / f64::from(per_sec);
         let mut invocation = self.scripts.gcra.prepare_invoke();
         invocation
-            .key(self.keys.budget(credential, kind))
+            .key(key)
             .arg(format!("{interval_ms:.6}"))
             .arg(burst.max(1));
         let wait: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
