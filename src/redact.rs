@@ -12,14 +12,23 @@
 //! Secrets are hidden at any depth:
 //! 1. always-secret names (`twilioAuthToken`, `twilioApiSecret`, `twilioApiKey`, `serverUrlSecret`,
 //!    `secret`), which the allow-list cannot exempt;
-//! 2. `username` and `password` inside an `authentication` object;
+//! 2. `username` and `password` anywhere inside an `authentication` value (its objects, and
+//!    objects in arrays in it);
 //! 3. every value of a `headers` / `sipHeaders` object (a non-object value is hidden whole);
-//! 4. names containing `secret`, `password`, `passwd`, `token`, `apikey`, `api_key`, `api-key`,
-//!    `privatekey` or `private_key`, plus configured extra names, unless allow-listed;
-//! 5. userinfo passwords and secret-looking query/fragment parameters inside any URL-like string.
+//! 4. names that name a credential: containing `secret`, `password`, `passwd`, `token`, `apikey`,
+//!    `accesskey` or `privatekey`, or equal to a credential-carrying HTTP header's name
+//!    (`authorization`, `proxyAuthorization`, `cookie`, `setCookie`), plus configured extra
+//!    names, unless allow-listed;
+//! 5. inside any URL-like string (`scheme://...`, `//host...`, `sip:`/`sips:`): the userinfo
+//!    password, or the whole userinfo when it has no password (a bare `TOKEN@host` is a
+//!    credential, as in `https://TOKEN@host/`); query and fragment parameters (separated by `&`
+//!    or `;`) whose name looks secret; and parameter values that are themselves URLs carrying a
+//!    secret (hidden whole; past [`MAX_URL_NESTING`] levels, hidden whole unread).
 //!
-//! Nulls stay null: a null is not a secret, and masking it would tell clients that one is set.
-//! Field names are compared ASCII-case-insensitively, exactly as the upstream's own (ASCII) names.
+//! Names are compared after folding case and dropping separators (`-`, `_`, `.`, spaces), so
+//! `client-secret`, `client.secret`, `CLIENT_SECRET` and `clientSecret` are one name, and so are
+//! `api_key`, `api-key` and `apiKey`. Nulls stay null: a null is not a secret, and masking it
+//! would tell clients that one is set.
 
 use std::fmt;
 
@@ -45,18 +54,32 @@ const ALWAYS_SECRET: [&[u8]; 5] = [
     b"secret",
 ];
 
-/// A field whose lowercased name contains one of these is secret unless allow-listed.
-const SECRET_NAME_PARTS: [&[u8]; 9] = [
+/// A field whose folded name (see [`fold_name`]) contains one of these is secret unless
+/// allow-listed: each names a credential whatever surrounds it (`clientSecret`, `accessKeyId` is
+/// over-hidden on purpose).
+const SECRET_NAME_PARTS: [&[u8]; 7] = [
     b"secret",
     b"password",
     b"passwd",
     b"token",
     b"apikey",
-    b"api_key",
-    b"api-key",
+    b"accesskey",
     b"privatekey",
-    b"private_key",
 ];
+
+/// Folded names of HTTP headers that carry credentials: a field with one of these names holds
+/// what the header would (a field named `authorization` outside any `headers` object is a bearer
+/// token all the same). Exact names: `authorizationUrl` is not a credential.
+const CREDENTIAL_HEADER_NAMES: [&[u8]; 4] = [
+    b"authorization",
+    b"proxyauthorization",
+    b"cookie",
+    b"setcookie",
+];
+
+/// How deep URLs nested in other URLs' parameter values are looked into; a deeper one is hidden
+/// whole without being read (fail closed).
+pub const MAX_URL_NESTING: usize = 4;
 
 /// Names the substring rule would otherwise catch but that carry no secret.
 ///
@@ -80,13 +103,13 @@ const SECRET_PARAM_PARTS: [&[u8]; 12] = [
     b"secret",
     b"sig",
     b"auth",
-    b"password",
-    b"passwd",
+    b"pass",
     b"pwd",
     b"code",
     b"credential",
     b"session",
     b"jwt",
+    b"cookie",
 ];
 
 /// Cloud presigned-URL parameters: every one of them is part of the signed credential set.
@@ -103,16 +126,16 @@ pub enum Mode {
 }
 
 /// Version of the built-in redaction rules; part of [`Policy::identity`].
-pub const RULES_VERSION: u32 = 1;
+pub const RULES_VERSION: u32 = 2;
 
 /// A compiled redaction policy: mode, configured extra/allowed names and the nesting limit.
 #[derive(Debug, Clone)]
 pub struct Policy {
     mode: Mode,
-    /// Lowercased extra secret names.
-    extra: Vec<String>,
-    /// Lowercased allow-list: the defaults plus configured names.
-    allow: Vec<String>,
+    /// Folded extra secret names.
+    extra: Vec<Vec<u8>>,
+    /// Folded allow-list: the defaults plus configured names.
+    allow: Vec<Vec<u8>>,
     max_depth: usize,
 }
 
@@ -174,18 +197,18 @@ impl Policy {
         allow_fields: &[String],
         max_depth: usize,
     ) -> Self {
-        let lower = |s: &str| s.to_ascii_lowercase();
+        let fold = |s: &str| with_folded_name(s.as_bytes(), <[u8]>::to_vec);
         let extra = extra_fields
             .iter()
+            .map(|s| fold(s))
             .filter(|s| !s.is_empty())
-            .map(|s| lower(s))
             .collect();
         let allow = DEFAULT_ALLOW
             .iter()
             .copied()
             .chain(allow_fields.iter().map(String::as_str))
+            .map(fold)
             .filter(|s| !s.is_empty())
-            .map(lower)
             .collect();
         Policy {
             mode,
@@ -205,17 +228,20 @@ impl Policy {
     /// [`RULES_VERSION`], the version of the built-in rules (bump it whenever they change, so a
     /// rolling update never serves entries redacted by the older release's rules).
     pub fn identity(&self) -> String {
-        let mut extra = self.extra.clone();
-        extra.sort();
-        extra.dedup();
-        let mut allow = self.allow.clone();
-        allow.sort();
-        allow.dedup();
+        let names = |list: &[Vec<u8>]| {
+            let mut names: Vec<String> = list
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect();
+            names.sort();
+            names.dedup();
+            names.join(",")
+        };
         let description = format!(
             "rules={RULES_VERSION}|mode={:?}|extra={}|allow={}|depth={}",
             self.mode,
-            extra.join(","),
-            allow.join(","),
+            names(&self.extra),
+            names(&self.allow),
             self.max_depth
         );
         let hash = blake3::hash(description.as_bytes());
@@ -229,7 +255,7 @@ impl Policy {
     /// On error the value may be partly redacted and MUST NOT be used.
     pub fn redact(&self, value: &mut Value) -> Result<usize, RedactError> {
         let mut count = 0;
-        self.redact_value(value, 0, &mut count)?;
+        self.redact_value(value, false, 0, &mut count)?;
         Ok(count)
     }
 
@@ -245,10 +271,12 @@ impl Policy {
         }
     }
 
-    /// `depth` is the nesting level of the container holding `value` (0 for the root).
+    /// `depth` is the nesting level of the container holding `value` (0 for the root);
+    /// `in_authentication`: `value` is (inside) the value of an `authentication` key.
     fn redact_value(
         &self,
         value: &mut Value,
+        in_authentication: bool,
         depth: usize,
         count: &mut usize,
     ) -> Result<(), RedactError> {
@@ -262,19 +290,19 @@ impl Policy {
             Value::Array(items) => {
                 let depth = self.enter(depth)?;
                 for item in items {
-                    self.redact_value(item, depth, count)?;
+                    self.redact_value(item, in_authentication, depth, count)?;
                 }
             }
             Value::Object(map) => {
                 let depth = self.enter(depth)?;
-                self.redact_object(map, false, depth, count)?;
+                self.redact_object(map, in_authentication, depth, count)?;
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
         Ok(())
     }
 
-    /// `in_authentication`: the map is the value of an `authentication` key.
+    /// `in_authentication`: the map is (inside) the value of an `authentication` key.
     fn redact_object(
         &self,
         map: &mut Map<String, Value>,
@@ -325,32 +353,31 @@ impl Policy {
                 _ => Ok(self.redact_whole(value, count)),
             },
             Action::Authentication => match value {
-                Value::Object(auth) => {
-                    let depth = self.enter(depth)?;
-                    self.redact_object(auth, true, depth, count)?;
-                    Ok(true)
-                }
                 // Not Vapi's shape, but a string here is most likely a ready-made credential
                 // (`Basic ...`, a token), so fail closed.
                 Value::String(_) => Ok(self.redact_whole(value, count)),
+                // Objects, and arrays of them: everything below counts as inside.
                 _ => {
-                    self.redact_value(value, depth, count)?;
+                    self.redact_value(value, true, depth, count)?;
                     Ok(true)
                 }
             },
             Action::Descend => {
-                self.redact_value(value, depth, count)?;
+                self.redact_value(value, in_authentication, depth, count)?;
                 Ok(true)
             }
         }
     }
 
     fn classify(&self, key: &str, in_authentication: bool) -> Action {
-        with_ascii_lower(key.as_bytes(), |k| {
+        with_folded_name(key.as_bytes(), |k| {
             if in_authentication && (k == b"username" || k == b"password") {
                 return Action::Secret;
             }
-            if ALWAYS_SECRET.contains(&k) || self.is_secret_name(k) {
+            if ALWAYS_SECRET.contains(&k)
+                || CREDENTIAL_HEADER_NAMES.contains(&k)
+                || self.is_secret_name(k)
+            {
                 return Action::Secret;
             }
             match k {
@@ -362,13 +389,13 @@ impl Policy {
     }
 
     /// The name-based rules (substring + extra names), minus the allow-list.
-    fn is_secret_name(&self, lower: &[u8]) -> bool {
+    fn is_secret_name(&self, folded: &[u8]) -> bool {
         let named = SECRET_NAME_PARTS
             .iter()
-            .any(|part| contains_bytes(lower, part))
-            || self.extra.iter().any(|name| name.as_bytes() == lower);
+            .any(|part| contains_bytes(folded, part))
+            || self.extra.iter().any(|name| name == folded);
         // The allow-list is consulted only for names that matched, which are rare.
-        named && !self.allow.iter().any(|name| name.as_bytes() == lower)
+        named && !self.allow.iter().any(|name| name == folded)
     }
 
     /// Hides a whole secret value; returns whether its entry stays (false: remove it).
@@ -392,6 +419,28 @@ impl Policy {
 
 /// Longest key lowercased on the stack; longer keys (rare) allocate.
 const KEY_BUF_LEN: usize = 64;
+
+/// Calls `f` with a field name folded for comparison: ASCII-lowercased, with the separators
+/// `-`, `_`, `.` and spaces dropped. Without allocating for short names.
+fn with_folded_name<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let keep = |c: &&u8| !matches!(**c, b'-' | b'_' | b'.' | b' ');
+    if bytes.len() <= KEY_BUF_LEN {
+        let mut buf = [0u8; KEY_BUF_LEN];
+        let mut n = 0;
+        for c in bytes.iter().filter(keep) {
+            buf[n] = c.to_ascii_lowercase();
+            n += 1;
+        }
+        f(&buf[..n])
+    } else {
+        let folded: Vec<u8> = bytes
+            .iter()
+            .filter(keep)
+            .map(u8::to_ascii_lowercase)
+            .collect();
+        f(&folded)
+    }
+}
 
 /// Calls `f` with `bytes` ASCII-lowercased, without allocating for short input. This runs for
 /// every key of every upstream body, so it avoids a `String` per key.
@@ -428,6 +477,11 @@ fn url_kind(s: &str) -> Option<UrlKind> {
     if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
         return Some(UrlKind::Sip(5));
     }
+    // A network-path reference (`//host/path?query`, RFC 3986 section 4.2) is a URL whose
+    // scheme is the page's: it carries userinfo and queries all the same.
+    if b.len() > 2 && b.starts_with(b"//") && (b[2].is_ascii_alphanumeric() || b[2] == b'[') {
+        return Some(UrlKind::Hierarchical(2));
+    }
     // RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
     if !b.first()?.is_ascii_alphabetic() {
         return None;
@@ -451,41 +505,69 @@ fn url_kind(s: &str) -> Option<UrlKind> {
 /// `x-amz-` / `x-goog-`, get the literal value `[REDACTED]` (or are removed, together with the
 /// `?`/`#`/`;` when nothing remains). Every other byte is kept as it was.
 pub fn redact_url(s: &str, mode: Mode) -> Option<String> {
+    redact_url_nested(s, mode, 0)
+}
+
+/// [`redact_url`] for a URL found `nesting` levels deep inside other URLs' parameter values.
+fn redact_url_nested(s: &str, mode: Mode, nesting: usize) -> Option<String> {
     // Hand-written instead of the `url` crate on purpose: that crate normalises what it parses
     // (lowercases hosts, adds a trailing `/`, re-encodes paths and queries, drops default
     // ports), and a client that PATCHes a redacted object back would silently change those
     // non-secret parts. Here only the byte ranges of secrets are replaced.
     match url_kind(s)? {
-        UrlKind::Hierarchical(authority) => redact_hierarchical(s, authority, mode),
-        UrlKind::Sip(rest) => redact_sip(s, rest, mode),
+        UrlKind::Hierarchical(authority) => redact_hierarchical(s, authority, mode, nesting),
+        UrlKind::Sip(rest) => redact_sip(s, rest, mode, nesting),
     }
 }
 
-fn redact_hierarchical(s: &str, authority: usize, mode: Mode) -> Option<String> {
+fn redact_hierarchical(s: &str, authority: usize, mode: Mode, nesting: usize) -> Option<String> {
     let b = s.as_bytes();
     let authority_end = find_from(b, authority, b.len(), |c| matches!(c, b'/' | b'?' | b'#'));
     let mut out = Rewrite::new(s);
     // The last `@` ends the userinfo (as browsers parse it), so an unescaped `@` in a password
     // cannot leave the rest of the password looking like a host.
     if let Some(at) = rfind_from(b, authority, authority_end, |c| c == b'@') {
-        redact_password(s, authority, at, mode, &mut out);
+        redact_userinfo(s, authority, at, mode, &mut out);
     }
-    // The fragment starts at the first `#`; the query is between the first `?` and it.
+    // The fragment starts at the first `#`; the query is between the first `?` and it. Both
+    // `&` and `;` separate parameters (HTML 4's and W3C's alternative separator).
     let fragment = find_opt(b, authority_end, b.len(), |c| c == b'#');
     let query_end = fragment.unwrap_or(b.len());
+    let query_separators = |c: u8| c == b'&' || c == b';';
     if let Some(q) = find_opt(b, authority_end, query_end, |c| c == b'?') {
-        redact_params(s, q, query_end, b'&', mode, &mut out);
+        redact_params(s, q, query_end, query_separators, mode, nesting, &mut out);
     }
     // Fragments are treated like queries because OAuth's implicit flow returns
     // `#access_token=...` there; a plain `#section` has no `=` and is left alone.
     if let Some(f) = fragment {
-        redact_params(s, f, b.len(), b'&', mode, &mut out);
+        redact_params(s, f, b.len(), query_separators, mode, nesting, &mut out);
     }
     out.finish()
 }
 
-/// `sip:user:password@host:port;uri-parameters?headers` (RFC 3261 section 19.1).
-fn redact_sip(s: &str, rest: usize, mode: Mode) -> Option<String> {
+/// Hides the credential in the userinfo `s[start..at]`: the password of `user:password`, or, with
+/// no (or an empty) password, the whole userinfo (`https://TOKEN@host/` puts a token where a user
+/// name goes).
+fn redact_userinfo(s: &str, start: usize, at: usize, mode: Mode, out: &mut Rewrite<'_>) {
+    let userinfo = &s.as_bytes()[start..at];
+    if let Some(colon) = userinfo.iter().position(|c| *c == b':') {
+        if colon + 1 < userinfo.len() {
+            redact_password(s, start, at, mode, out);
+            return;
+        }
+    }
+    let user = &s[start..at];
+    match mode {
+        _ if user.is_empty() => {}
+        Mode::Mask if user != PLACEHOLDER => out.replace(start, at, PLACEHOLDER),
+        Mode::Mask => {}
+        Mode::Remove => out.replace(start, at + 1, ""),
+    }
+}
+
+/// `sip:user:password@host:port;uri-parameters?headers` (RFC 3261 section 19.1). The user part
+/// of a SIP URI is an address (a number, a name), not a credential, so only a password is hidden.
+fn redact_sip(s: &str, rest: usize, mode: Mode, nesting: usize) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Rewrite::new(s);
     // RFC 3261 allows `;` and `?` inside the user part but not `@` anywhere unescaped, so the
@@ -502,10 +584,10 @@ fn redact_sip(s: &str, rest: usize, mode: Mode) -> Option<String> {
     let headers = find_opt(b, host, b.len(), |c| c == b'?');
     let params_end = headers.unwrap_or(b.len());
     if let Some(semi) = find_opt(b, host, params_end, |c| c == b';') {
-        redact_params(s, semi, params_end, b';', mode, &mut out);
+        redact_params(s, semi, params_end, |c| c == b';', mode, nesting, &mut out);
     }
     if let Some(q) = headers {
-        redact_params(s, q, b.len(), b'&', mode, &mut out);
+        redact_params(s, q, b.len(), |c| c == b'&', mode, nesting, &mut out);
     }
     out.finish()
 }
@@ -526,45 +608,53 @@ fn redact_password(s: &str, start: usize, at: usize, mode: Mode, out: &mut Rewri
     }
 }
 
-/// Handles the `sep`-separated `name=value` list in `s[delim + 1..end]`, where `s[delim]` is the
-/// `?`, `#` or `;` that introduces it.
-fn redact_params(s: &str, delim: usize, end: usize, sep: u8, mode: Mode, out: &mut Rewrite<'_>) {
+/// Handles the `name=value` list in `s[delim + 1..end]`, pairs separated by bytes matching
+/// `is_sep`, where `s[delim]` is the `?`, `#` or `;` that introduces it.
+fn redact_params(
+    s: &str,
+    delim: usize,
+    end: usize,
+    is_sep: impl Fn(u8) -> bool,
+    mode: Mode,
+    nesting: usize,
+    out: &mut Rewrite<'_>,
+) {
     let start = delim + 1;
-    let params = &s[start..end];
+    let b = s.as_bytes();
+    // Each pair as (start, end), in order.
+    let mut pairs = Vec::new();
+    let mut pair_start = start;
+    for i in start..=end {
+        if i == end || is_sep(b[i]) {
+            pairs.push((pair_start, i));
+            pair_start = i + 1;
+        }
+    }
+    let secret = |&(a, z): &(usize, usize)| secret_value(&s[a..z], nesting).map(|off| a + off);
     match mode {
         Mode::Mask => {
-            let mut offset = start;
-            for pair in params.split(char::from(sep)) {
-                if let Some((_, value)) = secret_pair(pair)
-                    && value != PLACEHOLDER
-                {
-                    let value_start = offset + pair.len() - value.len();
-                    out.replace(value_start, offset + pair.len(), PLACEHOLDER);
+            for pair in &pairs {
+                if let Some(value_start) = secret(pair) {
+                    if &s[value_start..pair.1] != PLACEHOLDER {
+                        out.replace(value_start, pair.1, PLACEHOLDER);
+                    }
                 }
-                offset += pair.len() + 1;
             }
         }
         Mode::Remove => {
             // Checked first so the common case (nothing to remove) allocates nothing.
-            if !params
-                .split(char::from(sep))
-                .any(|pair| secret_pair(pair).is_some())
-            {
+            if !pairs.iter().any(|pair| secret(pair).is_some()) {
                 return;
             }
-            let mut kept = String::with_capacity(params.len());
+            let mut kept = String::with_capacity(end - start);
             let mut any_content = false;
-            let mut first = true;
-            for pair in params
-                .split(char::from(sep))
-                .filter(|pair| secret_pair(pair).is_none())
-            {
-                if !first {
-                    kept.push(char::from(sep));
+            for pair in pairs.iter().filter(|pair| secret(pair).is_none()) {
+                if !kept.is_empty() || any_content {
+                    // The separator that preceded this pair in the original.
+                    kept.push(char::from(b[pair.0 - 1]));
                 }
-                first = false;
-                any_content |= !pair.is_empty();
-                kept.push_str(pair);
+                any_content |= pair.1 > pair.0;
+                kept.push_str(&s[pair.0..pair.1]);
             }
             if any_content {
                 out.replace(start, end, &kept);
@@ -576,11 +666,30 @@ fn redact_params(s: &str, delim: usize, end: usize, sep: u8, mode: Mode, out: &m
     }
 }
 
-/// `Some((name, value))` when `pair` is `name=value` with a non-empty value and a secret name.
-/// A bare `name` or `name=` carries nothing to hide.
-fn secret_pair(pair: &str) -> Option<(&str, &str)> {
+/// For a `name=value` pair whose value is secret, where the value starts within the pair. A value
+/// is secret when the name looks secret, or the value is itself a URL carrying a secret. A bare
+/// `name` or `name=` carries nothing to hide.
+fn secret_value(pair: &str, nesting: usize) -> Option<usize> {
     let (name, value) = pair.split_once('=')?;
-    (!value.is_empty() && is_secret_param(name)).then_some((name, value))
+    let secret =
+        !value.is_empty() && (is_secret_param(name) || is_secret_url_value(value, nesting));
+    secret.then_some(name.len() + 1)
+}
+
+/// Whether a parameter value is (percent-encoded or not) a URL that carries a secret. Past
+/// [`MAX_URL_NESTING`] levels a URL-like value counts as secret unread: fail closed.
+fn is_secret_url_value(value: &str, nesting: usize) -> bool {
+    let decoded;
+    let value = if value.contains('%') {
+        decoded = String::from_utf8_lossy(&percent_decode(value.as_bytes())).into_owned();
+        decoded.as_str()
+    } else {
+        value
+    };
+    if url_kind(value).is_none() {
+        return false;
+    }
+    nesting + 1 >= MAX_URL_NESTING || redact_url_nested(value, Mode::Mask, nesting + 1).is_some()
 }
 
 fn is_secret_param(name: &str) -> bool {
@@ -1074,6 +1183,139 @@ mod tests {
     }
 
     #[test]
+    fn credential_header_names_are_secret_outside_headers_too() {
+        let v = redacted(
+            &mask(),
+            json!({
+                "authorization": "Bearer a",
+                "Authorization": "Bearer b",
+                "nested": {"PROXY-AUTHORIZATION": "Basic c", "Cookie": "sid=d", "set_cookie": "e"},
+                "authorizationUrl": "https://idp.example/authorize",
+            }),
+        );
+        for key in ["authorization", "Authorization"] {
+            assert_eq!(v[key], PLACEHOLDER);
+        }
+        for key in ["PROXY-AUTHORIZATION", "Cookie", "set_cookie"] {
+            assert_eq!(v["nested"][key], PLACEHOLDER, "{key}");
+        }
+        assert_eq!(
+            v["authorizationUrl"], "https://idp.example/authorize",
+            "not a credential"
+        );
+    }
+
+    #[test]
+    fn names_are_compared_without_case_or_separators() {
+        let v = redacted(
+            &mask(),
+            json!({
+                "accessKey": "a", "access_key_id": "b", "client-secret": "c",
+                "client.secret": "d", "CLIENT_SECRET": "e", "api key": "f",
+                "twilio_auth_token": "g", "Private-Key": "h",
+                "is-server-url-secret-set": true, "credential_id": "keep",
+            }),
+        );
+        for key in [
+            "accessKey",
+            "access_key_id",
+            "client-secret",
+            "client.secret",
+            "CLIENT_SECRET",
+            "api key",
+            "twilio_auth_token",
+            "Private-Key",
+        ] {
+            assert_eq!(v[key], PLACEHOLDER, "{key}");
+        }
+        // The allow-list folds the same way.
+        assert_eq!(v["is-server-url-secret-set"], true);
+        assert_eq!(v["credential_id"], "keep");
+        let extra = Policy::new(Mode::Mask, &strings(&["internal-notes"]), &[], 64);
+        let v = redacted(&extra, json!({"internalNotes": "x", "INTERNAL_NOTES": "y"}));
+        assert_eq!(
+            v,
+            json!({"internalNotes": PLACEHOLDER, "INTERNAL_NOTES": PLACEHOLDER})
+        );
+    }
+
+    #[test]
+    fn everything_below_authentication_counts() {
+        let v = redacted(
+            &mask(),
+            json!({
+                "authentication": {"realms": [{"username": "u1", "password": "p1", "realm": "r"}]},
+                "other": {"authentication": [{"username": "u2"}, {"nested": {"password": "p2"}}]},
+                "username": "a-user-name-outside",
+            }),
+        );
+        assert_eq!(v["authentication"]["realms"][0]["username"], PLACEHOLDER);
+        assert_eq!(v["authentication"]["realms"][0]["password"], PLACEHOLDER);
+        assert_eq!(v["authentication"]["realms"][0]["realm"], "r");
+        assert_eq!(v["other"]["authentication"][0]["username"], PLACEHOLDER);
+        assert_eq!(
+            v["other"]["authentication"][1]["nested"]["password"],
+            PLACEHOLDER
+        );
+        assert_eq!(
+            v["username"], "a-user-name-outside",
+            "only inside authentication"
+        );
+    }
+
+    #[test]
+    fn url_parameter_classes() {
+        // `;` separates parameters as `&` does.
+        assert_eq!(
+            url("https://h.example/p?a=1;token=abc;b=2").as_deref(),
+            Some("https://h.example/p?a=1;token=[REDACTED];b=2")
+        );
+        assert_eq!(
+            url_remove("https://h.example/p?a=1;token=abc&b=2").as_deref(),
+            Some("https://h.example/p?a=1&b=2")
+        );
+        // `pass` names a password whatever follows.
+        assert_eq!(
+            url("https://h.example/p?pass=abc&passphrase=def").as_deref(),
+            Some("https://h.example/p?pass=[REDACTED]&passphrase=[REDACTED]")
+        );
+        // Scheme-relative URLs are URLs.
+        assert_eq!(
+            url("//cdn.example/a.mp3?token=abc").as_deref(),
+            Some("//cdn.example/a.mp3?token=[REDACTED]")
+        );
+        assert_eq!(url("// not a url?token=abc"), None);
+    }
+
+    #[test]
+    fn urls_nested_in_parameter_values() {
+        // Percent-encoded and raw: a nested URL carrying a secret is hidden whole.
+        assert_eq!(
+            url("https://h.example/login?next=https%3A%2F%2Fo.example%2Fcb%3Ftoken%3Dabc&x=1")
+                .as_deref(),
+            Some("https://h.example/login?next=[REDACTED]&x=1")
+        );
+        assert_eq!(
+            url("https://h.example/login?next=https://o.example/cb?sig=abc").as_deref(),
+            Some("https://h.example/login?next=[REDACTED]")
+        );
+        // A nested URL without secrets is left byte for byte.
+        assert_eq!(
+            url("https://h.example/login?next=https%3A%2F%2Fo.example%2Fcb%3Fa%3D1"),
+            None
+        );
+        // Too deep to read: hidden whole (fail closed).
+        let mut deep = String::from("https://z.example/");
+        for _ in 0..MAX_URL_NESTING {
+            deep = format!(
+                "https://h.example/?u={}",
+                percent_encoding::utf8_percent_encode(&deep, percent_encoding::NON_ALPHANUMERIC)
+            );
+        }
+        assert!(url(&deep).is_some_and(|r| r.ends_with("?u=[REDACTED]")));
+    }
+
+    #[test]
     fn url_userinfo_password() {
         assert_eq!(
             url("https://user:pass@host.example/p?q=1").as_deref(),
@@ -1088,8 +1330,21 @@ mod tests {
             url("https://u:p@ss@host.example").as_deref(),
             Some("https://u:[REDACTED]@host.example")
         );
-        assert_eq!(url("https://user@host.example/"), None);
-        assert_eq!(url("https://user:@host.example/"), None);
+        // No password: the user part is the credential (`https://TOKEN@host/`).
+        assert_eq!(
+            url("https://ghp_TOKEN123@host.example/").as_deref(),
+            Some("https://[REDACTED]@host.example/")
+        );
+        assert_eq!(
+            url("https://TOKEN:@host.example/").as_deref(),
+            Some("https://[REDACTED]@host.example/")
+        );
+        assert_eq!(
+            url_remove("https://TOKEN@host.example/p").as_deref(),
+            Some("https://host.example/p")
+        );
+        // A SIP user part is an address, not a credential.
+        assert_eq!(url("sip:alice@pbx.example.com"), None);
         // `@` in the path is not userinfo.
         assert_eq!(url("https://host.example:8080/users/@me"), None);
     }
