@@ -624,12 +624,13 @@ fn redact_params(
     // Each pair as (start, end), in order.
     let mut pairs = Vec::new();
     let mut pair_start = start;
-    for i in start..=end {
-        if i == end || is_sep(b[i]) {
-            pairs.push((pair_start, i));
-            pair_start = i + 1;
+    for (i, c) in b[start..end].iter().enumerate() {
+        if is_sep(*c) {
+            pairs.push((pair_start, start + i));
+            pair_start = start + i + 1;
         }
     }
+    pairs.push((pair_start, end));
     let secret = |&(a, z): &(usize, usize)| secret_value(&s[a..z], nesting).map(|off| a + off);
     match mode {
         Mode::Mask => {
