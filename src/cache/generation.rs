@@ -6,7 +6,7 @@
 //!
 //! - one counter, `seq`, moves on every invalidation; a fill takes a [`Stamp`] (the counter's value)
 //!   before it asks the upstream;
-//! - an invalidation of a [`Group`] (a number, a credential's lists, a credential, everything)
+//! - an invalidation of a [`Scope`] (a number, a credential's lists, a credential, everything)
 //!   records the new counter value for that group;
 //! - an entry is current while its stamp is at least the value recorded for each group it belongs
 //!   to. A fill that started before the invalidation holds a smaller stamp, so its answer is never

@@ -4,8 +4,8 @@
 //! What lives here: redacted entries with the metadata a hit needs ([`codec`]), under names that
 //! never hold a credential ([`keys`]); per-number and per-credential generations that writes and
 //! purges move; short fill locks so one replica fetches for all; GCRA budgets and 429 cool-downs
-//! per credential ([`scripts`]); and an invalidation channel every replica listens on
-//! ([`pubsub`]).
+//! per credential (`scripts`); and an invalidation channel every replica listens on
+//! (`pubsub`).
 //!
 //! Redis is never a new way to fail. Every call has a deadline (`redis.timeout_ms`) and goes
 //! through a breaker (`redis.breaker.*`) that stops waiting on a dead Redis and probes it; a call
