@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::cache::Scope;
 use crate::credential::{self, KeyId};
-use crate::error::json_error_body;
-use crate::response::Body;
+use crate::error::Synthetic;
+use crate::response::{self, Body};
 use crate::shield::breaker::BreakerState;
 use crate::state::AppState;
 
@@ -130,19 +130,19 @@ enum Refused {
 
 impl Refused {
     fn response(self) -> Response<Body> {
-        match self {
-            Refused::NoTokenConfigured => error(
+        answer(match self {
+            Refused::NoTokenConfigured => Synthetic::new(
                 StatusCode::FORBIDDEN,
+                "admin_token_not_configured",
                 "set admin.token to allow admin changes on a non-loopback admin listener",
             ),
-            Refused::BadToken => {
-                let mut response = error(StatusCode::UNAUTHORIZED, "admin token missing or wrong");
-                response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                response
-            }
-        }
+            Refused::BadToken => Synthetic::new(
+                StatusCode::UNAUTHORIZED,
+                "admin_token_refused",
+                "admin token missing or wrong",
+            )
+            .header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
+        })
     }
 }
 
@@ -191,15 +191,27 @@ where
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
+    answer(
+        Synthetic::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed here",
+        )
+        .header(ALLOW, HeaderValue::from_static(allow)),
+    )
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, json_error_body(status, message))
+    answer(Synthetic::new(status, "admin_bad_request", message))
+}
+
+/// The admin listener's own answers: the proxy's synthetic shape, never cached.
+fn answer(synthetic: Synthetic<'_>) -> Response<Body> {
+    let mut response = response::synthetic(&synthetic, false);
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn metrics(state: &AppState) -> Response<Body> {

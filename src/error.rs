@@ -5,9 +5,10 @@
 //! handles one error format whether the refusal came from Vapi or from phonegate. Messages are
 //! fixed strings: nothing a caller or the upstream sent is ever echoed back.
 
-use http::StatusCode;
-
 use std::time::Duration;
+
+use http::header::{ALLOW, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::credential::AuthError;
 use crate::route::RouteError;
@@ -52,156 +53,233 @@ pub enum ProxyError {
     RequestTimeout,
 }
 
+/// One answer phonegate makes itself, described whole: status, logged reason, message, and the
+/// headers that go with it. Every listener (proxy and admin) builds its own answers from this one
+/// shape ([`crate::response::synthetic`]), as linkerd2-proxy does with its synthetic responses.
+#[derive(Debug, Clone)]
+pub struct Synthetic<'a> {
+    /// The status.
+    pub status: StatusCode,
+    /// The access log's `reason`.
+    pub reason: &'static str,
+    /// The body's `message`: fixed text, never anything a caller or the upstream sent.
+    pub message: &'a str,
+    /// How long the caller should wait before retrying (`Retry-After`, rounded up to seconds).
+    pub retry_after: Option<Duration>,
+    /// A header the answer needs (`Allow`, `WWW-Authenticate`).
+    pub header: Option<(HeaderName, HeaderValue)>,
+}
+
+impl<'a> Synthetic<'a> {
+    /// An answer with `status`, logged as `reason`, saying `message`.
+    pub fn new(status: StatusCode, reason: &'static str, message: &'a str) -> Self {
+        Synthetic {
+            status,
+            reason,
+            message,
+            retry_after: None,
+            header: None,
+        }
+    }
+
+    /// Adds a `Retry-After`.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.header = Some((name, value));
+        self
+    }
+
+    /// Seconds for `Retry-After`: rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(|wait| {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            secs.max(1)
+        })
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> bytes::Bytes {
+        json_error_body(self.status, self.message)
+    }
+}
+
 impl ProxyError {
+    /// The whole answer for this error: the one table of phonegate's own answers.
+    pub fn synthetic(&self) -> Synthetic<'_> {
+        use StatusCode as S;
+        let new = Synthetic::new;
+        match self {
+            ProxyError::Route(RouteError::NotFound) => new(
+                S::NOT_FOUND,
+                "no_route",
+                "no such route; phonegate serves /phone-number, /phone-number/{id} and /v2/phone-number",
+            ),
+            ProxyError::Route(RouteError::MethodNotAllowed(allow)) => new(
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route; see the Allow header",
+            )
+            .header(ALLOW, HeaderValue::from_static(allow)),
+            ProxyError::Route(RouteError::BadId) => new(
+                S::BAD_REQUEST,
+                "bad_id",
+                "the phone number id must be a UUID",
+            ),
+            ProxyError::Route(RouteError::BadPath(why)) => new(S::BAD_REQUEST, "bad_path", why),
+            ProxyError::Route(RouteError::BadQuery(why)) => new(S::BAD_REQUEST, "bad_query", why),
+            ProxyError::Route(RouteError::TooLong) => new(
+                S::URI_TOO_LONG,
+                "path_too_long",
+                "the request path is too long",
+            ),
+            ProxyError::Auth(e) => {
+                let reason = match e {
+                    AuthError::Missing => "missing_credential",
+                    AuthError::Malformed => "malformed_credential",
+                    AuthError::UnknownClient => "unknown_client",
+                };
+                new(S::UNAUTHORIZED, reason, e.message())
+                    .header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+            }
+            ProxyError::Forbidden(why) => new(S::FORBIDDEN, "forbidden", why),
+            ProxyError::BodyNotAllowed => new(
+                S::BAD_REQUEST,
+                "body_not_allowed",
+                "GET and HEAD requests must not carry a body",
+            ),
+            ProxyError::BadBody(why) => new(S::BAD_REQUEST, "bad_body", why),
+            ProxyError::BodyTooLarge => new(
+                S::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is too large",
+            ),
+            ProxyError::PlaceholderInBody => new(
+                S::BAD_REQUEST,
+                "placeholder_in_body",
+                "the body carries \"[REDACTED]\", the placeholder phonegate shows where a secret \
+                 was; sending it back would overwrite the real secret. Send the real value, or \
+                 leave the field out to keep it unchanged",
+            ),
+            ProxyError::DuplicateKey(message) => new(S::BAD_REQUEST, "duplicate_key", message),
+            ProxyError::OriginNotAllowed => new(
+                S::FORBIDDEN,
+                "origin_not_allowed",
+                "this origin is not allowed (cors.allowed_origins)",
+            ),
+            ProxyError::UpstreamUnreachable => new(
+                S::BAD_GATEWAY,
+                "upstream_unreachable",
+                "the upstream API could not be reached",
+            ),
+            ProxyError::UpstreamTimeout => new(
+                S::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream API did not answer in time",
+            ),
+            ProxyError::UpstreamFailed => new(
+                S::BAD_GATEWAY,
+                "upstream_failed",
+                "the upstream API connection failed mid-answer",
+            ),
+            ProxyError::BadUpstreamBody(why) => new(S::BAD_GATEWAY, "bad_upstream_body", why),
+            ProxyError::CoalesceTimeout => new(
+                S::GATEWAY_TIMEOUT,
+                "coalesce_timeout",
+                "timed out waiting for the upstream answer",
+            ),
+            ProxyError::FetcherVanished => new(
+                S::INTERNAL_SERVER_ERROR,
+                "fetcher_vanished",
+                "internal error while fetching from the upstream API",
+            ),
+            ProxyError::Refused(refusal) => refusal_answer(refusal),
+            ProxyError::RequestTimeout => new(
+                S::GATEWAY_TIMEOUT,
+                "request_timeout",
+                "the request took too long",
+            ),
+        }
+    }
+
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
-            ProxyError::Route(RouteError::MethodNotAllowed(_)) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Route(
-                RouteError::BadId | RouteError::BadPath(_) | RouteError::BadQuery(_),
-            ) => StatusCode::BAD_REQUEST,
-            ProxyError::Route(RouteError::TooLong) => StatusCode::URI_TOO_LONG,
-            ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Forbidden(_) | ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
-            ProxyError::BodyNotAllowed
-            | ProxyError::PlaceholderInBody
-            | ProxyError::DuplicateKey(_) => StatusCode::BAD_REQUEST,
-            ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
-            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::UpstreamUnreachable
-            | ProxyError::UpstreamFailed
-            | ProxyError::BadUpstreamBody(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout | ProxyError::CoalesceTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            ProxyError::FetcherVanished => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Refused(
-                Refusal::RequestLimit(_) | Refusal::MissLimit(_) | Refusal::CoolingDown(_),
-            ) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Refused(
-                Refusal::BreakerOpen(_) | Refusal::QueueFull | Refusal::UpstreamLimit(_),
-            ) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Refused(Refusal::RecentAuthFailure { status, .. }) => *status,
-            ProxyError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
-        }
+        self.synthetic().status
     }
 
     /// The human-readable `message` of the body.
     pub fn message(&self) -> &str {
-        match self {
-            ProxyError::Route(RouteError::NotFound) => {
-                "no such route; phonegate serves /phone-number, /phone-number/{id} and /v2/phone-number"
-            }
-            ProxyError::Route(RouteError::MethodNotAllowed(_)) => {
-                "method not allowed on this route; see the Allow header"
-            }
-            ProxyError::Route(RouteError::BadId) => "the phone number id must be a UUID",
-            ProxyError::Route(RouteError::BadPath(why)) => why,
-            ProxyError::Route(RouteError::BadQuery(why)) => why,
-            ProxyError::Route(RouteError::TooLong) => "the request path is too long",
-            ProxyError::Auth(e) => e.message(),
-            ProxyError::Forbidden(why) => why,
-            ProxyError::BodyNotAllowed => "GET and HEAD requests must not carry a body",
-            ProxyError::BadBody(why) => why,
-            ProxyError::DuplicateKey(message) => message,
-            ProxyError::BodyTooLarge => "the request body is too large",
-            ProxyError::PlaceholderInBody => {
-                "the body carries \"[REDACTED]\", the placeholder phonegate shows where a secret \
-                 was; sending it back would overwrite the real secret. Send the real value, or \
-                 leave the field out to keep it unchanged"
-            }
-            ProxyError::OriginNotAllowed => "this origin is not allowed (cors.allowed_origins)",
-            ProxyError::UpstreamUnreachable => "the upstream API could not be reached",
-            ProxyError::UpstreamTimeout => "the upstream API did not answer in time",
-            ProxyError::UpstreamFailed => "the upstream API connection failed mid-answer",
-            ProxyError::BadUpstreamBody(why) => why,
-            ProxyError::CoalesceTimeout => "timed out waiting for the upstream answer",
-            ProxyError::FetcherVanished => "internal error while fetching from the upstream API",
-            ProxyError::Refused(Refusal::RequestLimit(_)) => {
-                "too many requests for this API key; slow down"
-            }
-            ProxyError::Refused(Refusal::MissLimit(_)) => {
-                "too many uncached lookups for this API key; slow down"
-            }
-            ProxyError::Refused(Refusal::CoolingDown(_)) => {
-                "the upstream API is rate-limiting this API key; retry after the given delay"
-            }
-            ProxyError::Refused(Refusal::BreakerOpen(_)) => {
-                "the upstream API is failing; requests are paused briefly"
-            }
-            ProxyError::Refused(Refusal::QueueFull) => {
-                "too many requests are waiting for the upstream API"
-            }
-            ProxyError::Refused(Refusal::UpstreamLimit(_)) => {
-                "phonegate's budget of upstream requests is spent for now; retry after the given \
-                 delay"
-            }
-            ProxyError::Refused(Refusal::RecentAuthFailure { .. }) => {
-                "the upstream API refused this key moments ago; it is not asked again until the \
-                 given delay has passed"
-            }
-            ProxyError::RequestTimeout => "the request took too long",
-        }
+        self.synthetic().message
     }
 
     /// A stable, machine-readable reason for the access log's `reason` field.
     pub fn reason(&self) -> &'static str {
-        match self {
-            ProxyError::Route(RouteError::NotFound) => "no_route",
-            ProxyError::Route(RouteError::MethodNotAllowed(_)) => "method_not_allowed",
-            ProxyError::Route(RouteError::BadId) => "bad_id",
-            ProxyError::Route(RouteError::BadPath(_)) => "bad_path",
-            ProxyError::Route(RouteError::BadQuery(_)) => "bad_query",
-            ProxyError::Route(RouteError::TooLong) => "path_too_long",
-            ProxyError::Auth(AuthError::Missing) => "missing_credential",
-            ProxyError::Auth(AuthError::Malformed) => "malformed_credential",
-            ProxyError::Auth(AuthError::UnknownClient) => "unknown_client",
-            ProxyError::Forbidden(_) => "forbidden",
-            ProxyError::BodyNotAllowed => "body_not_allowed",
-            ProxyError::BadBody(_) => "bad_body",
-            ProxyError::BodyTooLarge => "body_too_large",
-            ProxyError::PlaceholderInBody => "placeholder_in_body",
-            ProxyError::DuplicateKey(_) => "duplicate_key",
-            ProxyError::OriginNotAllowed => "origin_not_allowed",
-            ProxyError::UpstreamUnreachable => "upstream_unreachable",
-            ProxyError::UpstreamTimeout => "upstream_timeout",
-            ProxyError::UpstreamFailed => "upstream_failed",
-            ProxyError::BadUpstreamBody(_) => "bad_upstream_body",
-            ProxyError::CoalesceTimeout => "coalesce_timeout",
-            ProxyError::FetcherVanished => "fetcher_vanished",
-            ProxyError::Refused(Refusal::RequestLimit(_)) => "request_limit",
-            ProxyError::Refused(Refusal::MissLimit(_)) => "miss_limit",
-            ProxyError::Refused(Refusal::CoolingDown(_)) => "cooling_down",
-            ProxyError::Refused(Refusal::BreakerOpen(_)) => "breaker_open",
-            ProxyError::Refused(Refusal::QueueFull) => "queue_full",
-            ProxyError::Refused(Refusal::UpstreamLimit(_)) => "upstream_limit",
-            ProxyError::Refused(Refusal::RecentAuthFailure { .. }) => "recent_auth_failure",
-            ProxyError::RequestTimeout => "request_timeout",
-        }
+        self.synthetic().reason
     }
 
     /// Seconds for `Retry-After` on refusals: rounded up, at least 1.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        let wait = match self {
-            ProxyError::Refused(
-                Refusal::RequestLimit(d)
-                | Refusal::MissLimit(d)
-                | Refusal::CoolingDown(d)
-                | Refusal::BreakerOpen(d)
-                | Refusal::UpstreamLimit(d)
-                | Refusal::RecentAuthFailure { left: d, .. },
-            ) => *d,
-            ProxyError::Refused(Refusal::QueueFull) => Duration::from_secs(1),
-            _ => return None,
-        };
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        Some(secs.max(1))
+        self.synthetic().retry_after_secs()
     }
 
     /// The JSON body of the answer.
     pub fn body(&self) -> bytes::Bytes {
-        json_error_body(self.status(), self.message())
+        self.synthetic().body()
+    }
+}
+
+/// The answers to the shield's refusals.
+fn refusal_answer(refusal: &Refusal) -> Synthetic<'static> {
+    use StatusCode as S;
+    let new = Synthetic::new;
+    match refusal {
+        Refusal::RequestLimit(wait) => new(
+            S::TOO_MANY_REQUESTS,
+            "request_limit",
+            "too many requests for this API key; slow down",
+        )
+        .retry_after(*wait),
+        Refusal::MissLimit(wait) => new(
+            S::TOO_MANY_REQUESTS,
+            "miss_limit",
+            "too many uncached lookups for this API key; slow down",
+        )
+        .retry_after(*wait),
+        Refusal::CoolingDown(wait) => new(
+            S::TOO_MANY_REQUESTS,
+            "cooling_down",
+            "the upstream API is rate-limiting this API key; retry after the given delay",
+        )
+        .retry_after(*wait),
+        Refusal::BreakerOpen(wait) => new(
+            S::SERVICE_UNAVAILABLE,
+            "breaker_open",
+            "the upstream API is failing; requests are paused briefly",
+        )
+        .retry_after(*wait),
+        Refusal::QueueFull => new(
+            S::SERVICE_UNAVAILABLE,
+            "queue_full",
+            "too many requests are waiting for the upstream API",
+        )
+        .retry_after(Duration::from_secs(1)),
+        Refusal::UpstreamLimit(wait) => new(
+            S::SERVICE_UNAVAILABLE,
+            "upstream_limit",
+            "phonegate's budget of upstream requests is spent for now; retry after the given delay",
+        )
+        .retry_after(*wait),
+        Refusal::RecentAuthFailure { status, left } => new(
+            *status,
+            "recent_auth_failure",
+            "the upstream API refused this key moments ago; it is not asked again until the \
+             given delay has passed",
+        )
+        .retry_after(*left),
     }
 }
 

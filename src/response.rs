@@ -5,15 +5,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    AGE, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::cache::Entry;
-use crate::error::ProxyError;
-use crate::route::RouteError;
+use crate::error::{ProxyError, Synthetic};
 
 /// The body type of every response phonegate sends.
 pub type Body = Full<Bytes>;
@@ -116,25 +114,25 @@ pub fn from_entry(
 
 /// Builds the JSON error answer for `error`.
 pub fn from_error(error: &ProxyError, head: bool) -> Response<Body> {
-    let body = error.body();
+    synthetic(&error.synthetic(), head)
+}
+
+/// Builds an answer phonegate makes itself (proxy and admin listener alike): the JSON body, its
+/// status, `Retry-After` and the answer's own header; no body for HEAD.
+pub fn synthetic(answer: &Synthetic<'_>, head: bool) -> Response<Body> {
+    let body = answer.body();
     let len = body.len();
     let mut response = Response::new(Full::new(if head { Bytes::new() } else { body }));
-    *response.status_mut() = error.status();
+    *response.status_mut() = answer.status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, APPLICATION_JSON);
     if head {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
-    match error {
-        ProxyError::Route(RouteError::MethodNotAllowed(allow)) => {
-            headers.insert(ALLOW, HeaderValue::from_static(allow));
-        }
-        ProxyError::Auth(_) => {
-            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        _ => {}
+    if let Some((name, value)) = &answer.header {
+        headers.insert(name.clone(), value.clone());
     }
-    if let Some(secs) = error.retry_after_secs() {
+    if let Some(secs) = answer.retry_after_secs() {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     response
