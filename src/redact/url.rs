@@ -51,7 +51,9 @@ pub(super) fn url_kind(s: &str) -> Option<UrlKind> {
     }
     // A network-path reference (`//host/path?query`, RFC 3986 section 4.2) is a URL whose
     // scheme is the page's: it carries userinfo and queries all the same.
-    if b.len() > 2 && b.starts_with(b"//") && (b[2].is_ascii_alphanumeric() || b[2] == b'[') {
+    // Whatever can start an authority (RFC 3986 section 3.2: userinfo, a host, an IP literal)
+    // may follow the `//`; a space or another `/` cannot, so prose and paths are left alone.
+    if b.len() > 2 && b.starts_with(b"//") && starts_authority(b[2]) {
         return Some(UrlKind::Hierarchical(2));
     }
     // RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
@@ -64,6 +66,11 @@ pub(super) fn url_kind(s: &str) -> Option<UrlKind> {
     b[end..]
         .starts_with(b"://")
         .then_some(UrlKind::Hierarchical(end + 3))
+}
+
+/// Whether `c` can be the first byte of an authority: unreserved, `%`, sub-delims, `:`, `@`, `[`.
+fn starts_authority(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@[".contains(&c)
 }
 
 /// Redacts secrets inside one URL-like string; returns `None` when nothing needed changing
@@ -122,11 +129,12 @@ fn redact_hierarchical(s: &str, authority: usize, mode: Mode, nesting: usize) ->
 
 /// Hides the credential in the userinfo `s[start..at]`: the password of `user:password`, or, with
 /// no (or an empty) password, the whole userinfo (`https://TOKEN@host/` puts a token where a user
-/// name goes).
+/// name goes). In remove mode the whole userinfo goes either way: `user@` left behind would read,
+/// on a second pass, as a bare credential.
 fn redact_userinfo(s: &str, start: usize, at: usize, mode: Mode, out: &mut Rewrite<'_>) {
     let userinfo = &s.as_bytes()[start..at];
     if let Some(colon) = userinfo.iter().position(|c| *c == b':') {
-        if colon + 1 < userinfo.len() {
+        if colon + 1 < userinfo.len() && mode == Mode::Mask {
             redact_password(s, start, at, mode, out);
             return;
         }
@@ -255,17 +263,16 @@ fn secret_value(pair: &str, nesting: usize) -> Option<usize> {
 /// Whether a parameter value is (percent-encoded or not) a URL that carries a secret. Past
 /// [`MAX_URL_NESTING`] levels a URL-like value counts as secret unread: fail closed.
 fn is_secret_url_value(value: &str, nesting: usize) -> bool {
-    let decoded;
-    let value = if value.contains('%') {
-        decoded = String::from_utf8_lossy(&percent_decode(value.as_bytes())).into_owned();
-        decoded.as_str()
-    } else {
-        value
+    let carries_secret = |candidate: &str| {
+        url_kind(candidate).is_some()
+            && (nesting + 1 >= MAX_URL_NESTING
+                || redact_url_nested(candidate, Mode::Mask, nesting + 1).is_some())
     };
-    if url_kind(value).is_none() {
-        return false;
-    }
-    nesting + 1 >= MAX_URL_NESTING || redact_url_nested(value, Mode::Mask, nesting + 1).is_some()
+    // Read both as sent and decoded: a raw nested URL may hold escapes (`%2F` in a password)
+    // whose decoding would change its structure, and an encoded one must be decoded to be read.
+    carries_secret(value)
+        || (value.contains('%')
+            && carries_secret(&String::from_utf8_lossy(&percent_decode(value.as_bytes()))))
 }
 
 fn is_secret_param(name: &str) -> bool {
@@ -444,7 +451,8 @@ mod tests {
         );
         assert_eq!(
             url_remove("https://user:pass@host.example/p").as_deref(),
-            Some("https://user@host.example/p")
+            Some("https://host.example/p"),
+            "remove mode drops the whole userinfo, so a second pass changes nothing"
         );
         // The last `@` of the authority ends the userinfo.
         assert_eq!(
@@ -584,7 +592,7 @@ mod tests {
         );
         assert_eq!(
             url_remove("https://u:pw@h.example/p?sig=a#x").as_deref(),
-            Some("https://u@h.example/p#x")
+            Some("https://h.example/p#x")
         );
     }
 
