@@ -33,7 +33,7 @@ pub struct Cors {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Preflight {
     /// Not a CORS preflight (or CORS is off): route the request as usual.
-    NotPreflight,
+    Absent,
     /// A preflight from a listed origin: answer it.
     Allowed,
     /// A preflight from an unlisted origin: refuse it.
@@ -68,7 +68,7 @@ impl Cors {
             || !headers.contains_key(ORIGIN)
             || !headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
         {
-            return Preflight::NotPreflight;
+            return Preflight::Absent;
         }
         if self.allowed_origin(headers).is_some() {
             Preflight::Allowed
@@ -126,10 +126,7 @@ mod tests {
             ("origin", "https://a.example"),
             ("access-control-request-method", "GET"),
         ]);
-        assert_eq!(
-            cors.preflight(&Method::OPTIONS, &h),
-            Preflight::NotPreflight
-        );
+        assert_eq!(cors.preflight(&Method::OPTIONS, &h), Preflight::Absent);
         let mut r = Response::new(Body::default());
         cors.decorate(&h, &mut r);
         assert!(r.headers().is_empty());

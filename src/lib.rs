@@ -6,12 +6,17 @@
 //! store, response ([`response`]) and access log ([`access_log`]). [`server`] owns the listeners
 //! and the connection lifecycle, [`admin`] the health endpoints, [`config`] the settings.
 
+// The request path never panics on data from the network, the upstream or the configuration:
+// no `unwrap` outside tests (clippy.toml allows it in unit tests). Integration tests and the
+// harness may unwrap, so this lives here rather than in Cargo.toml's [lints].
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
+
 pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
-pub mod cors;
+pub(crate) mod cors;
 pub mod credential;
 pub mod error;
 pub mod log_writer;
@@ -24,9 +29,9 @@ pub mod response;
 pub mod response_filter;
 pub mod route;
 pub mod server;
-pub mod shield;
+pub(crate) mod shield;
 pub mod state;
 pub mod tier;
-pub mod tls;
+pub(crate) mod tls;
 pub mod upstream;
-pub mod write_body;
+pub(crate) mod write_body;

@@ -1,17 +1,17 @@
 //! The `phonegate` binary: parse arguments, load configuration, set up logging, bind, serve until
 //! SIGTERM/SIGINT, exit. Everything else lives in the library.
 
+#![warn(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use phonegate::access_log::LogControl;
 use phonegate::config::Config;
 use phonegate::reload;
 use phonegate::server::{Server, StartError};
-use phonegate::state::AppState;
 
 /// Exit code for bad configuration (EX_CONFIG is 78, but 64, EX_USAGE, is what operators of
 /// linkerd-style proxies script against).
@@ -75,7 +75,7 @@ fn run(config_path: Option<&Path>) -> ExitCode {
         let state = Arc::clone(server.state());
         state.metrics.count_log_drops_from(log_control.dropped());
         let config_path = config_path.map(Path::to_path_buf);
-        tokio::spawn(reload_on_sighup(state, config_path, log_control));
+        tokio::spawn(reload::on_sighup(state, config_path, log_control));
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
@@ -140,59 +140,6 @@ fn print_line(line: &str) -> Result<(), ExitCode> {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
         Err(error) => Err(fail(1, &format!("cannot write to stdout: {error}"))),
-    }
-}
-
-/// Reloads the configuration file and environment on every SIGHUP. A configuration that does
-/// not load is rejected with an error line and the running one stays.
-async fn reload_on_sighup(state: Arc<AppState>, path: Option<PathBuf>, log: LogControl) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; live reload is off");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let config = match Config::load(path.as_deref()) {
-                Ok(config) => config,
-                Err(error) => {
-                    tracing::error!(%error, "configuration reload rejected; keeping the running configuration");
-                    continue;
-                }
-            };
-            match reload::apply(&state, config) {
-                Ok(outcome) => {
-                    if let Some(level) = &outcome.new_log_level {
-                        match log.set_level(level) {
-                            Ok(true) => {}
-                            Ok(false) => tracing::warn!(
-                                "log.level changed but RUST_LOG is set; keeping RUST_LOG"
-                            ),
-                            Err(error) => tracing::error!(%error, "log.level not changed"),
-                        }
-                    }
-                    if !outcome.restart_needed.is_empty() {
-                        tracing::warn!(
-                            settings = ?outcome.restart_needed,
-                            "these settings changed but only take effect after a restart"
-                        );
-                    }
-                    tracing::info!(
-                        policy_changed = outcome.policy_changed,
-                        limits_changed = outcome.limits_changed,
-                        "configuration reloaded"
-                    );
-                }
-                Err(error) => {
-                    tracing::error!(%error, "configuration reload rejected; keeping the running configuration");
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (state, path, log);
     }
 }
 

@@ -94,7 +94,7 @@ where
     let outcome = match live.cors.preflight(&parts.method, &parts.headers) {
         Preflight::Allowed => Ok(live.cors.preflight_response(&parts.headers)),
         Preflight::Refused => Err(ProxyError::OriginNotAllowed),
-        Preflight::NotPreflight => {
+        Preflight::Absent => {
             let deadline =
                 tokio::time::Instant::from_std(started) + live.config.server.request_timeout;
             serve(&state, &live, &parts, body, deadline, &mut ctx).await

@@ -6,6 +6,10 @@
 //! the outcome so the log can say a restart is needed. A new redaction policy starts a new policy
 //! generation: entries redacted under the old one are never served again and are dropped.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::access_log::LogControl;
 use crate::cache::Scope;
 use crate::config::Config;
 use crate::state::{AppState, Live};
@@ -106,6 +110,59 @@ fn tls_paths(config: &Config) -> Option<(String, String)> {
             t.key_path.display().to_string(),
         )
     })
+}
+
+/// Reloads the configuration file and environment on every SIGHUP. A configuration that does
+/// not load is rejected with an error line and the running one stays.
+pub async fn on_sighup(state: Arc<AppState>, path: Option<PathBuf>, log: LogControl) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; live reload is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let config = match Config::load(path.as_deref()) {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::error!(%error, "configuration reload rejected; keeping the running configuration");
+                    continue;
+                }
+            };
+            match apply(&state, config) {
+                Ok(outcome) => {
+                    if let Some(level) = &outcome.new_log_level {
+                        match log.set_level(level) {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(
+                                "log.level changed but RUST_LOG is set; keeping RUST_LOG"
+                            ),
+                            Err(error) => tracing::error!(%error, "log.level not changed"),
+                        }
+                    }
+                    if !outcome.restart_needed.is_empty() {
+                        tracing::warn!(
+                            settings = ?outcome.restart_needed,
+                            "these settings changed but only take effect after a restart"
+                        );
+                    }
+                    tracing::info!(
+                        policy_changed = outcome.policy_changed,
+                        limits_changed = outcome.limits_changed,
+                        "configuration reloaded"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%error, "configuration reload rejected; keeping the running configuration");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, path, log);
+    }
 }
 
 #[cfg(test)]

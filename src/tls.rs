@@ -50,7 +50,10 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
 
 /// The listener's rustls config: certificate chain and key from PEM files, ALPN `h2` then
 /// `http/1.1`.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<rustls::ServerConfig, TlsError> {
+pub(crate) fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
     let certs = read_certs("tls.cert_path", cert_path)?;
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError {
         key: "tls.key_path",
@@ -69,7 +72,7 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<rustls::Server
 
 /// The upstream client's rustls config: the bundled web roots plus, optionally, extra CAs (an
 /// internal CA in front of a sidecar, or a test CA).
-pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+pub(crate) fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {

@@ -15,7 +15,7 @@ use crate::redact;
 
 /// Why a write body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// Not valid JSON.
     NotJson,
     /// Valid JSON, but not an object.
@@ -30,7 +30,7 @@ pub enum BodyError {
 const MAX_QUOTED_KEY: usize = 64;
 
 /// Checks `bytes` as a write body.
-pub fn check(bytes: &[u8]) -> Result<(), BodyError> {
+pub(crate) fn check(bytes: &[u8]) -> Result<(), BodyError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     match NoDuplicates.deserialize(&mut deserializer) {
         Ok(()) => {}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// How a call was let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// The breaker is closed.
     Normal,
     /// The breaker was open and this call is the one probe.
@@ -37,7 +37,7 @@ enum State {
 
 /// The upstream's circuit breaker.
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     state: Mutex<State>,
     failures_to_open: u32,
     open_for: Duration,
@@ -45,7 +45,7 @@ pub struct Breaker {
 
 impl Breaker {
     /// Opens after `failures_to_open` consecutive failures, for `open_for`.
-    pub fn new(failures_to_open: u32, open_for: Duration) -> Self {
+    pub(crate) fn new(failures_to_open: u32, open_for: Duration) -> Self {
         Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             failures_to_open: failures_to_open.max(1),
@@ -54,7 +54,7 @@ impl Breaker {
     }
 
     /// Lets a call through, or says how long until the breaker may let one through.
-    pub fn admit(&self, now: Instant) -> Result<Admission, Duration> {
+    pub(crate) fn admit(&self, now: Instant) -> Result<Admission, Duration> {
         let mut state = self.lock();
         match *state {
             State::Closed { .. } => Ok(Admission::Normal),
@@ -74,7 +74,7 @@ impl Breaker {
     }
 
     /// Records the outcome of a call let through by [`Breaker::admit`].
-    pub fn record(&self, admission: Admission, success: bool, now: Instant) {
+    pub(crate) fn record(&self, admission: Admission, success: bool, now: Instant) {
         let mut state = self.lock();
         *state = match (*state, admission, success) {
             (State::HalfOpen { .. }, Admission::Probe, true) => State::Closed { failures: 0 },
@@ -98,7 +98,7 @@ impl Breaker {
 
     /// Hands a probe back without a verdict (its call never happened): open again, with the
     /// next probe allowed at once.
-    pub fn release_probe(&self) {
+    pub(crate) fn release_probe(&self) {
         let mut state = self.lock();
         if let State::HalfOpen { since } = *state {
             *state = State::Open { until: since };
@@ -106,7 +106,7 @@ impl Breaker {
     }
 
     /// The current state.
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         match *self.lock() {
             State::Closed { .. } => BreakerState::Closed,
             State::Open { .. } => BreakerState::Open,

@@ -15,11 +15,11 @@ use moka::sync::Cache;
 use crate::credential::Fingerprint;
 
 /// The cool-down when a 429 carries no usable `Retry-After`.
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What a credential may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
+pub(crate) enum Gate {
     /// No cool-down: call the upstream.
     Open,
     /// The cool-down has passed; this caller is the one probe.
@@ -35,14 +35,14 @@ struct Cooldown {
 }
 
 /// Cool-downs by credential, bounded in number.
-pub struct Cooldowns {
+pub(crate) struct Cooldowns {
     map: Cache<Fingerprint, Arc<Mutex<Cooldown>>>,
     max: Duration,
 }
 
 impl Cooldowns {
     /// Cool-downs last at most `max` whatever `Retry-After` says; at most `max_keys` are tracked.
-    pub fn new(max: Duration, max_keys: u64) -> Self {
+    pub(crate) fn new(max: Duration, max_keys: u64) -> Self {
         let map = Cache::builder()
             .max_capacity(max_keys)
             // An entry outliving its cool-down by this much has a probe that never reported.
@@ -52,7 +52,7 @@ impl Cooldowns {
     }
 
     /// Whether `key` may call the upstream now.
-    pub fn check(&self, key: &Fingerprint, now: Instant) -> Gate {
+    pub(crate) fn check(&self, key: &Fingerprint, now: Instant) -> Gate {
         let Some(entry) = self.map.get(key) else {
             return Gate::Open;
         };
@@ -73,7 +73,7 @@ impl Cooldowns {
     }
 
     /// Starts (or extends) a cool-down of `retry_after`, capped.
-    pub fn start(&self, key: Fingerprint, retry_after: Duration, now: Instant) {
+    pub(crate) fn start(&self, key: Fingerprint, retry_after: Duration, now: Instant) {
         let until = now + retry_after.min(self.max);
         let entry = self.map.get_with(key, || {
             Arc::new(Mutex::new(Cooldown {
@@ -87,7 +87,7 @@ impl Cooldowns {
     }
 
     /// Hands the probe back without a verdict (the probe's call never happened).
-    pub fn release_probe(&self, key: &Fingerprint) {
+    pub(crate) fn release_probe(&self, key: &Fingerprint) {
         if let Some(entry) = self.map.get(key) {
             entry
                 .lock()
@@ -97,14 +97,14 @@ impl Cooldowns {
     }
 
     /// Ends the cool-down of `key` (its probe got a non-429 answer).
-    pub fn end(&self, key: &Fingerprint) {
+    pub(crate) fn end(&self, key: &Fingerprint) {
         self.map.invalidate(key);
     }
 }
 
 /// The cool-down a 429 asks for: `Retry-After` in seconds or as an HTTP date, 1 s when absent or
 /// unreadable.
-pub fn retry_after(value: Option<&HeaderValue>, now: SystemTime) -> Duration {
+pub(crate) fn retry_after(value: Option<&HeaderValue>, now: SystemTime) -> Duration {
     let Some(text) = value.and_then(|v| v.to_str().ok()).map(str::trim) else {
         return DEFAULT_RETRY_AFTER;
     };

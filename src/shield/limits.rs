@@ -36,18 +36,19 @@ impl StateStore for BoundedStore {
 }
 
 /// A rate limit per credential.
-pub struct KeyedLimiter {
+pub(crate) struct KeyedLimiter {
     per_sec: u32,
     burst: u32,
     limiter: RateLimiter<Fingerprint, BoundedStore, DefaultClock>,
     clock: DefaultClock,
+    #[cfg(test)]
     states: Cache<Fingerprint, Arc<InMemoryState>>,
 }
 
 impl KeyedLimiter {
     /// `per_sec` requests a second with bursts of `burst`, tracking at most `max_keys`
     /// credentials. `None` when `per_sec` is 0 (the limit is off).
-    pub fn new(per_sec: u32, burst: u32, max_keys: u64) -> Option<Self> {
+    pub(crate) fn new(per_sec: u32, burst: u32, max_keys: u64) -> Option<Self> {
         let rate = NonZeroU32::new(per_sec)?;
         let burst = NonZeroU32::new(burst.max(1)).unwrap_or(rate);
         let quota = Quota::per_second(rate).allow_burst(burst);
@@ -71,36 +72,38 @@ impl KeyedLimiter {
             burst: burst.get(),
             limiter,
             clock,
+            #[cfg(test)]
             states,
         })
     }
 
     /// The rate, units a second.
-    pub fn per_sec(&self) -> u32 {
+    pub(crate) fn per_sec(&self) -> u32 {
         self.per_sec
     }
 
     /// The burst.
-    pub fn burst(&self) -> u32 {
+    pub(crate) fn burst(&self) -> u32 {
         self.burst
     }
 
     /// Takes one unit of `key`'s budget, or says how long until one is available.
-    pub fn check(&self, key: &Fingerprint) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &Fingerprint) -> Result<(), Duration> {
         self.limiter
             .check_key(key)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Number of credentials currently tracked (after pending maintenance).
-    pub fn tracked_keys(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn tracked_keys(&self) -> u64 {
         self.states.run_pending_tasks();
         self.states.entry_count()
     }
 }
 
 /// One rate limit for everything (all upstream requests together).
-pub struct DirectLimiter {
+pub(crate) struct DirectLimiter {
     per_sec: u32,
     burst: u32,
     limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
@@ -109,7 +112,7 @@ pub struct DirectLimiter {
 
 impl DirectLimiter {
     /// `per_sec` a second with bursts of `burst`; `None` when `per_sec` is 0 (off).
-    pub fn new(per_sec: u32, burst: u32) -> Option<Self> {
+    pub(crate) fn new(per_sec: u32, burst: u32) -> Option<Self> {
         let rate = NonZeroU32::new(per_sec)?;
         let burst = NonZeroU32::new(burst.max(1)).unwrap_or(rate);
         let clock = DefaultClock::default();
@@ -125,17 +128,17 @@ impl DirectLimiter {
     }
 
     /// The rate, units a second.
-    pub fn per_sec(&self) -> u32 {
+    pub(crate) fn per_sec(&self) -> u32 {
         self.per_sec
     }
 
     /// The burst.
-    pub fn burst(&self) -> u32 {
+    pub(crate) fn burst(&self) -> u32 {
         self.burst
     }
 
     /// Takes one unit, or says how long until one is available.
-    pub fn check(&self) -> Result<(), Duration> {
+    pub(crate) fn check(&self) -> Result<(), Duration> {
         self.limiter
             .check()
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))

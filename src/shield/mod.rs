@@ -9,9 +9,9 @@
 //! across every replica: they are kept in Redis, and kept locally only while Redis does not
 //! answer. The breaker and the concurrency cap stay per replica: they protect this replica.
 
-pub mod breaker;
-pub mod cooldown;
-pub mod limits;
+pub(crate) mod breaker;
+pub(crate) mod cooldown;
+pub(crate) mod limits;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

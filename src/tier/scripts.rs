@@ -8,7 +8,7 @@ use redis::Script;
 
 /// The scripts, loaded once per process (`EVALSHA`, falling back to `EVAL` after a restart of
 /// Redis flushed its script cache; redis-rs does that fallback).
-pub struct Scripts {
+pub(super) struct Scripts {
     /// KEYS: generation, entry. Returns the record if the entry belongs to the current
     /// generation, else nil.
     pub lookup: Script,
