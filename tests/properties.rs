@@ -954,18 +954,11 @@ fn url_strategy(nest: u32) -> BoxedStrategy<UrlText> {
     prop_oneof![3 => hierarchical_url(nest), 1 => sip_url(nest)].boxed()
 }
 
-/// The userinfo of a hierarchical URL: `user:password` (mask hides the password), or a user
-/// name alone or with an empty password (mask hides the whole userinfo: `https://TOKEN@host/`).
-/// Remove mode drops the whole userinfo either way (a `user@` left behind would be a bare
-/// credential to a second pass).
+/// The userinfo of a hierarchical URL is a credential whatever its shape (`user:password`,
+/// `TOKEN`, `TOKEN:x-oauth-basic`): mask hides it whole, remove drops it with its `@`.
 fn hierarchical_userinfo(url: &mut UrlText, user: &str, password: Option<&str>) {
     match password {
-        Some(pw) if !pw.is_empty() => url.push(
-            &format!("{user}:{pw}@"),
-            &format!("{user}:{PLACEHOLDER}@"),
-            "",
-        ),
-        Some(_) => url.push(&format!("{user}:@"), &format!("{PLACEHOLDER}@"), ""),
+        Some(pw) => url.push(&format!("{user}:{pw}@"), &format!("{PLACEHOLDER}@"), ""),
         None if user.is_empty() => url.same("@"),
         None => url.push(&format!("{user}@"), &format!("{PLACEHOLDER}@"), ""),
     }

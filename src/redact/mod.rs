@@ -791,7 +791,7 @@ mod tests {
             value["holdAudioUrl"],
             "https://bucket.s3.amazonaws.com/a.mp3?X-Amz-Signature=[REDACTED]"
         );
-        assert_eq!(value["notes"][0], "ftp://user:[REDACTED]@files.example/x");
+        assert_eq!(value["notes"][0], "ftp://[REDACTED]@files.example/x");
     }
 
     #[test]

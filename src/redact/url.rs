@@ -127,22 +127,15 @@ fn redact_hierarchical(s: &str, authority: usize, mode: Mode, nesting: usize) ->
     out.finish()
 }
 
-/// Hides the credential in the userinfo `s[start..at]`: the password of `user:password`, or, with
-/// no (or an empty) password, the whole userinfo (`https://TOKEN@host/` puts a token where a user
-/// name goes). In remove mode the whole userinfo goes either way: `user@` left behind would read,
-/// on a second pass, as a bare credential.
+/// Hides the userinfo `s[start..at]` whole. In the wild, what sits there is a credential:
+/// `user:password` (RFC 3986 section 3.2.1 deprecates it), a token alone
+/// (`https://TOKEN@host/`), or a token with a dummy password (`https://TOKEN:x-oauth-basic@host/`),
+/// so no part of it is kept. Remove mode drops it with its `@`.
 fn redact_userinfo(s: &str, start: usize, at: usize, mode: Mode, out: &mut Rewrite<'_>) {
-    let userinfo = &s.as_bytes()[start..at];
-    if let Some(colon) = userinfo.iter().position(|c| *c == b':') {
-        if colon + 1 < userinfo.len() && mode == Mode::Mask {
-            redact_password(s, start, at, mode, out);
-            return;
-        }
-    }
-    let user = &s[start..at];
+    let userinfo = &s[start..at];
     match mode {
-        _ if user.is_empty() => {}
-        Mode::Mask if user != PLACEHOLDER => out.replace(start, at, PLACEHOLDER),
+        _ if userinfo.is_empty() => {}
+        Mode::Mask if userinfo != PLACEHOLDER => out.replace(start, at, PLACEHOLDER),
         Mode::Mask => {}
         Mode::Remove => out.replace(start, at + 1, ""),
     }
@@ -447,7 +440,7 @@ mod tests {
     fn url_userinfo_password() {
         assert_eq!(
             url("https://user:pass@host.example/p?q=1").as_deref(),
-            Some("https://user:[REDACTED]@host.example/p?q=1")
+            Some("https://[REDACTED]@host.example/p?q=1")
         );
         assert_eq!(
             url_remove("https://user:pass@host.example/p").as_deref(),
@@ -457,7 +450,12 @@ mod tests {
         // The last `@` of the authority ends the userinfo.
         assert_eq!(
             url("https://u:p@ss@host.example").as_deref(),
-            Some("https://u:[REDACTED]@host.example")
+            Some("https://[REDACTED]@host.example")
+        );
+        // A token with a dummy password: the token is in the user part.
+        assert_eq!(
+            url("https://ghp_TOKEN123:x-oauth-basic@github.example/o/r.git").as_deref(),
+            Some("https://[REDACTED]@github.example/o/r.git")
         );
         // No password: the user part is the credential (`https://TOKEN@host/`).
         assert_eq!(
@@ -615,7 +613,7 @@ mod tests {
             url("HTTP://Admin:Pw@WWW.Example.COM:0080/A%20B/c;v=1/?Z=1&token=%E2%9C%93&y=%20#Frag")
                 .as_deref(),
             Some(
-                "HTTP://Admin:[REDACTED]@WWW.Example.COM:0080/A%20B/c;v=1/?Z=1&token=[REDACTED]&y=%20#Frag"
+                "HTTP://[REDACTED]@WWW.Example.COM:0080/A%20B/c;v=1/?Z=1&token=[REDACTED]&y=%20#Frag"
             )
         );
         assert_eq!(
@@ -633,7 +631,7 @@ mod tests {
         let once = url("https://u:p@h.example/?token=a#sig=b").expect("changed");
         assert_eq!(
             once,
-            "https://u:[REDACTED]@h.example/?token=[REDACTED]#sig=[REDACTED]"
+            "https://[REDACTED]@h.example/?token=[REDACTED]#sig=[REDACTED]"
         );
         assert_eq!(url(&once), None);
     }
