@@ -81,6 +81,7 @@ pub struct Metrics {
     cache_bytes: Gauge,
     breaker_open: Gauge,
     log_lines_dropped: Counter,
+    tasks_alive: Gauge,
     /// Where the log writer counts dropped lines (set once logging is up; see `main.rs`).
     log_drop_source: OnceLock<Arc<AtomicU64>>,
     /// The shared Redis tier's metrics (all zero while it is off).
@@ -289,10 +290,17 @@ impl Metrics {
             "Log lines dropped because stdout stalled and the log buffer was full",
             log_lines_dropped.clone(),
         );
+        let tasks_alive = Gauge::default();
+        registry.register(
+            "tasks_alive",
+            "Tasks alive in the async runtime (connections, fetches, background work)",
+            tasks_alive.clone(),
+        );
         let tier = TierMetrics::register(&mut registry);
         Metrics {
             tier,
             log_lines_dropped,
+            tasks_alive,
             log_drop_source: OnceLock::new(),
             registry,
             requests,
@@ -368,6 +376,11 @@ impl Metrics {
 
     /// Renders the Prometheus text format, after setting the gauges sampled at scrape time.
     pub fn render(&self, cache_entries: u64, cache_bytes: u64, breaker_state: i64) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks_alive
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         if let Some(source) = self.log_drop_source.get() {
             let total = source.load(Ordering::Relaxed);
             let reported = self.log_lines_dropped.get();
