@@ -15,6 +15,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub(crate) mod cors;
 pub mod credential;

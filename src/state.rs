@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use crate::auth::Authenticator;
 use crate::cache::store::View;
 use crate::cache::{Lifetimes, Store};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::credential::Fingerprinter;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub shield: Shield,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The clock freshness, stale windows, cool-downs and the breaker are measured on.
+    pub clock: Clock,
     draining: AtomicBool,
 }
 
@@ -139,6 +142,7 @@ impl AppState {
         let fingerprinter = Fingerprinter::new(config.cache.key_secret.as_deref())
             .map_err(|e| StateError::Random(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
+        let clock = Clock::default();
         let tier = match &config.redis {
             Some(redis) => {
                 let fill_lock =
@@ -162,6 +166,7 @@ impl AppState {
             live.horizon(),
             tier,
             Arc::clone(&metrics),
+            clock.clone(),
         );
         Ok(Arc::new(AppState {
             live: ArcSwap::from_pointee(live),
@@ -170,6 +175,7 @@ impl AppState {
             fingerprinter,
             shield,
             metrics,
+            clock,
             draining: AtomicBool::new(false),
         }))
     }

@@ -146,7 +146,7 @@ async fn coalesced_waits_and_stale_answers_are_counted() {
     for t in tasks {
         assert_eq!(t.await.unwrap().status, StatusCode::OK);
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(stale.header("x-cache"), Some("stale"));
     let text = scrape(&proxy).await;

@@ -232,7 +232,7 @@ async fn entries_expire_after_the_ttl() {
             .header("x-cache"),
         Some("hit")
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    proxy.state.clock.advance(Duration::from_millis(1200));
     let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(after.header("x-cache"), Some("miss"));
     assert_eq!(after.status, StatusCode::OK);
@@ -273,7 +273,7 @@ async fn upstream_404s_are_cached_for_the_negative_ttl() {
     assert_eq!(second.status, StatusCode::NOT_FOUND);
     assert_eq!(second.header("x-cache"), Some("hit"));
     assert_eq!(mock.hits(), 1);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    proxy.state.clock.advance(Duration::from_millis(1200));
     assert_eq!(
         get(&proxy, &path(missing), Some(TOKEN_A))
             .await

@@ -534,7 +534,7 @@ async fn lists_expire_after_list_ttl_secs_independently_of_single_lookups() {
     );
     assert_eq!(mock.hits(), 2);
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     let after = get(&proxy, list, Some(TOKEN_A)).await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(after.header("x-cache"), Some("miss"), "the list expired");

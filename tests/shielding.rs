@@ -63,7 +63,7 @@ async fn a_429_cools_down_that_credential_only() {
     assert_eq!(mock.hits(), 2);
 
     // After the cool-down one probe goes through and, answered 200, ends it.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    proxy.state.clock.advance(Duration::from_millis(2100));
     let probe = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(probe.status, StatusCode::OK);
     assert_eq!(mock.hits(), 3);
@@ -86,7 +86,7 @@ async fn a_429_on_the_probe_extends_the_cool_down_and_no_retry_after_means_one_s
     assert_eq!(assert_refusal(&cooling, 429), 1, "1 s when absent");
     assert_eq!(mock.hits(), 1);
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     // The probe meets another 429: the cool-down starts again.
     let probe = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(probe.status, StatusCode::TOO_MANY_REQUESTS);
@@ -106,7 +106,7 @@ async fn a_429_cool_down_serves_stale_answers_where_it_has_them() {
     .await;
     let original = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(original.status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     mock.set_behavior(Behavior::RateLimited {
         retry_after: Some("30".into()),
     });
@@ -135,7 +135,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     .await;
     let original = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(mock.hits(), 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
 
     // The refresh is slow; callers meanwhile get the old answer without waiting for it.
     mock.set_behavior(Behavior::Delay(Duration::from_millis(800)));
@@ -151,6 +151,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         "stale answers did not wait for the refresh: {:?}",
         started.elapsed()
     );
+    // Real time: the refresh itself takes 800 ms.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(mock.hits(), 2, "exactly one refresh");
     let fresh = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
@@ -171,7 +172,7 @@ async fn a_background_refresh_is_coalesced_with_a_foreground_miss() {
     )
     .await;
     get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     mock.set_behavior(Behavior::Delay(Duration::from_millis(500)));
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(stale.header("x-cache"), Some("stale"));
@@ -202,7 +203,7 @@ async fn a_failed_refresh_keeps_the_stale_entry() {
     )
     .await;
     let original = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     mock.set_behavior(Behavior::Status(500));
     for _ in 0..3 {
         let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
@@ -231,7 +232,7 @@ async fn a_refresh_answered_401_drops_the_stale_entry() {
     )
     .await;
     get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     // The key was revoked upstream.
     mock.set_behavior(Behavior::Status(401));
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
@@ -282,7 +283,7 @@ async fn the_fault_matrix_serves_stale_where_one_exists() {
         .await;
         let original = get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
         assert_eq!(original.status, StatusCode::OK, "{name}");
-        tokio::time::sleep(Duration::from_millis(1050)).await;
+        proxy.state.clock.advance(Duration::from_millis(1050));
         mock.set_behavior(fault);
         let stale = get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
         assert_eq!(stale.status, StatusCode::OK, "{name}: {}", stale.text());
@@ -300,7 +301,7 @@ async fn the_fault_matrix_serves_stale_where_one_exists() {
         assert!(!fresh_fail.text().contains(PLANTED), "{name}");
         // Nothing bad was cached: once the upstream is healthy the next answer is fetched.
         mock.set_behavior(Behavior::Normal);
-        tokio::time::sleep(Duration::from_millis(1100)).await; // past any 429 cool-down
+        proxy.state.clock.advance(Duration::from_millis(1100)); // past any 429 cool-down
         let healed = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(healed.status, StatusCode::OK, "{name}");
         assert_eq!(healed.header("x-cache"), Some("miss"), "{name}");
@@ -317,7 +318,7 @@ async fn a_refused_upstream_serves_stale() {
     .await;
     let original = get(&proxy, &path(BYO_ID), Some(TOKEN_A)).await;
     mock.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     let stale = get(&proxy, &path(BYO_ID), Some(TOKEN_A)).await;
     assert_eq!(stale.status, StatusCode::OK);
     assert_eq!(stale.header("x-cache"), Some("stale"));
@@ -351,7 +352,7 @@ async fn the_breaker_opens_stops_upstream_calls_and_closes_after_a_good_probe() 
     }
     assert_eq!(mock.hits(), 3);
     // After open_secs, one probe. It fails: open again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     let probe = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(probe.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(mock.hits(), 4);
@@ -359,7 +360,7 @@ async fn the_breaker_opens_stops_upstream_calls_and_closes_after_a_good_probe() 
     assert_eq!(mock.hits(), 4);
     // Next probe succeeds: closed, traffic flows.
     mock.set_behavior(Behavior::Normal);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     let probe = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(probe.status, StatusCode::OK);
     for id in [VONAGE_ID, VAPI_ID] {
@@ -500,7 +501,7 @@ async fn stale_and_refusals_never_leak_secrets_for_any_variant() {
     for (_, id) in FIXTURE_IDS {
         get(&proxy, &path(id), Some(TOKEN_A)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     mock.set_behavior(Behavior::Status(503));
     for (provider, id) in FIXTURE_IDS {
         let resp = get(&proxy, &path(id), Some(TOKEN_A)).await;
@@ -584,7 +585,7 @@ async fn a_key_the_upstream_refused_is_answered_from_memory_for_a_while() {
         StatusCode::OK
     );
     // Once the time has passed, the upstream is asked again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     assert_eq!(
         get(&proxy, &path(VAPI_ID), Some(TOKEN_B)).await.status,
         StatusCode::UNAUTHORIZED

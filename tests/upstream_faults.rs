@@ -288,7 +288,7 @@ async fn a_429_without_retry_after_has_none() {
     );
     assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1);
     // The cool-down defaults to one second; after it the upstream is asked again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.state.clock.advance(Duration::from_millis(1100));
     assert_recovers(&proxy, &mock).await;
 }
 

@@ -13,13 +13,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
 use super::coalesce::{Coalescer, InFlight, Role};
 use super::generation::{Generations, Scope, Stamp};
 use super::{CacheKey, Entry, Lifetimes, Resource, ResponseCache};
+use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::tier::keys::EntryKeys;
@@ -64,6 +65,7 @@ pub struct Store {
     shared_lookups: Flights<Option<Arc<Entry>>>,
     tier: Option<Arc<Tier>>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl Store {
@@ -75,6 +77,7 @@ impl Store {
         horizon: Duration,
         tier: Option<Arc<Tier>>,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Arc<Self> {
         let memory = Arc::new(Memory {
             l1: ResponseCache::new(max_bytes, stale_window),
@@ -89,6 +92,7 @@ impl Store {
             shared_lookups: Arc::default(),
             tier,
             metrics,
+            clock,
         })
     }
 
@@ -133,11 +137,12 @@ impl Store {
         let memory = Arc::clone(&self.memory);
         let owned_key = key.clone();
         let policy_generation = view.policy_generation;
+        let clock = self.clock.clone();
         let (found, _) = self
             .shared_lookups
             .join_or_start((key.clone(), generation), async move {
                 let record = tier.lookup(&keys).await?;
-                let decoded = codec::decode(&record, Instant::now(), SystemTime::now()).ok()?;
+                let decoded = codec::decode(&record, clock.now(), SystemTime::now()).ok()?;
                 let mut entry = decoded.entry;
                 entry.policy_generation = policy_generation;
                 let entry = Arc::new(entry);
@@ -318,7 +323,7 @@ impl Fill {
                 }
             }
         };
-        let decoded = codec::decode(&record, Instant::now(), SystemTime::now()).ok()?;
+        let decoded = codec::decode(&record, self.store.clock.now(), SystemTime::now()).ok()?;
         let mut entry = decoded.entry;
         entry.policy_generation = policy_generation;
         let entry = Arc::new(entry);
@@ -359,7 +364,7 @@ impl Fill {
             // so nothing is stored there (a lock, if any, expires by itself).
             return;
         };
-        let now = Instant::now();
+        let now = self.store.clock.now();
         let wall = SystemTime::now();
         let stored = codec::unix_time_of(entry, now, wall);
         match codec::redis_ttl(entry.fresh_for, &shared.lifetimes, stored, wall) {

@@ -74,7 +74,7 @@ impl Exchange<'_> {
                 credential::bearer_token(std::iter::once(authorization))
                     .ok()
                     .and_then(|token| std::str::from_utf8(token).ok()),
-                Instant::now(),
+                state.clock.now(),
             )
             .map(|mut entry| {
                 entry.policy_generation = live.policy_generation;
@@ -90,7 +90,7 @@ impl Exchange<'_> {
                     upstream_key,
                     entry.status,
                     live.config.cache.auth_failure_ttl,
-                    Instant::now(),
+                    state.clock.now(),
                 );
             }
         }
@@ -106,7 +106,7 @@ impl Exchange<'_> {
         }
         state
             .shield
-            .record(upstream_key, pass, Health::of(&result), Instant::now())
+            .record(upstream_key, pass, Health::of(&result), state.clock.now())
             .await;
         (result, Some(elapsed))
     }

@@ -2,7 +2,7 @@
 //! coalesced and gated upstream fetch, the response or a stale stand-in).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -40,7 +40,7 @@ pub(super) async fn read(
 ) -> Result<Response<Body>, ProxyError> {
     let head = parts.method == Method::HEAD;
     let respond = |entry: &Entry, cache: CacheStatus| {
-        response::from_entry(entry, head, cache, &parts.headers, Instant::now())
+        response::from_entry(entry, head, cache, &parts.headers, state.clock.now())
     };
 
     // 2. Cache key.
@@ -71,7 +71,7 @@ pub(super) async fn read(
             .map(|entry| (entry, "l2"));
     }
     if let Some((entry, tier)) = found {
-        match entry.staleness(Instant::now(), &live.lifetimes, &lookup.key.resource) {
+        match entry.staleness(state.clock.now(), &live.lifetimes, &lookup.key.resource) {
             Staleness::Fresh => {
                 ctx.cache = CacheStatus::Hit;
                 ctx.tier = Some(tier);
@@ -223,7 +223,7 @@ async fn fetch_task(
     }
     let pass = match state
         .shield
-        .admit(charge.as_ref(), &lookup.key.credential, Instant::now())
+        .admit(charge.as_ref(), &lookup.key.credential, state.clock.now())
         .await
     {
         Ok(pass) => pass,

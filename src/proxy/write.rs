@@ -2,7 +2,6 @@
 //! redacted, and what the write made stale invalidated everywhere.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -72,7 +71,7 @@ where
         .admit(
             Some(&caller.limit_key),
             &caller.upstream_key,
-            Instant::now(),
+            state.clock.now(),
         )
         .await
         .map_err(ProxyError::Refused)?;
@@ -120,7 +119,7 @@ where
         false,
         ctx.cache,
         &HeaderMap::new(),
-        Instant::now(),
+        state.clock.now(),
     ))
 }
 
