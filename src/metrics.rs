@@ -94,6 +94,7 @@ pub struct TierMetrics {
     redis_duration: Histogram,
     redis_failures: Family<KindLabel, Counter>,
     redis_breaker: Gauge,
+    subscribed: Gauge,
     fill_waits: Family<OutcomeLabel, Counter>,
     invalidations: Family<DirectionLabel, Counter>,
     fills_refused: Family<TierLabel, Counter>,
@@ -104,7 +105,8 @@ impl TierMetrics {
         let l2_lookups = Family::<ResultLabel, Counter>::default();
         registry.register(
             "l2_lookups",
-            "Lookups in the shared Redis tier (L2), by result: hit, miss, error",
+            "Lookups in the shared Redis tier (L2), by result: hit, miss, error, untrusted (skipped \
+             while the tier is not trusted: unsubscribed, or invalidations waiting for Redis)",
             l2_lookups.clone(),
         );
         // 50 µs to ~200 ms: loopback and same-zone Redis sit at the bottom, timeouts at the top.
@@ -125,6 +127,13 @@ impl TierMetrics {
             "redis_breaker_state",
             "Redis circuit breaker: 0 closed, 1 open, 2 half-open (probing)",
             redis_breaker.clone(),
+        );
+        let subscribed = Gauge::default();
+        registry.register(
+            "redis_subscribed",
+            "1 while this replica hears other replicas' invalidations (the shared tier is used \
+             only then), else 0",
+            subscribed.clone(),
         );
         let fill_waits = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -150,6 +159,7 @@ impl TierMetrics {
             redis_duration,
             redis_failures,
             redis_breaker,
+            subscribed,
             fill_waits,
             invalidations,
             fills_refused,
@@ -174,6 +184,11 @@ impl TierMetrics {
     /// Sets the Redis breaker gauge (0 closed, 1 open, 2 half-open).
     pub fn redis_breaker(&self, state: i64) {
         self.redis_breaker.set(state);
+    }
+
+    /// Sets the subscription gauge.
+    pub fn subscribed(&self, on: bool) {
+        self.subscribed.set(i64::from(on));
     }
 
     /// Counts one wait for another replica's fetch (`filled`, `released`, `timeout`, `error`).

@@ -143,17 +143,16 @@ impl AppState {
             .map_err(|e| StateError::Random(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
         let clock = Clock::default();
+        // Longer than one upstream call may take (queue wait plus exchange): fill locks and
+        // the shared cool-down probe only expire when their holder vanished.
+        let fill_lock = config.shield.queue_timeout + config.upstream.timeout + FILL_LOCK_MARGIN;
         let tier = match &config.redis {
-            Some(redis) => {
-                let fill_lock =
-                    config.shield.queue_timeout + config.upstream.timeout + FILL_LOCK_MARGIN;
-                Some(Arc::new(
-                    Tier::new(redis, fill_lock, Arc::clone(&metrics)).map_err(StateError::Redis)?,
-                ))
-            }
+            Some(redis) => Some(Arc::new(
+                Tier::new(redis, fill_lock, Arc::clone(&metrics)).map_err(StateError::Redis)?,
+            )),
             None => None,
         };
-        let shield = Shield::new(&config.shield, tier.clone());
+        let shield = Shield::new(&config.shield, tier.clone(), fill_lock);
         let stale_window = config
             .cache
             .stale_while_revalidate

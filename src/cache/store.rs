@@ -54,9 +54,10 @@ impl tier::Local for Memory {
     }
 }
 
-/// In-flight work by key and the generation it began in: a request joins only work of the
-/// current generation.
-type Flights<V> = Arc<Coalescer<(CacheKey, u64), V>>;
+/// In-flight work by key, the invalidation generation it began in, and the redaction policy
+/// generation it redacts under: a request joins only work of the current generations, so a
+/// request made after a write or a policy reload never gets an answer from before it.
+type Flights<V> = Arc<Coalescer<(CacheKey, u64, u64), V>>;
 
 /// The cache: L1, in-flight fetches, and the optional shared tier.
 pub struct Store {
@@ -138,9 +139,9 @@ impl Store {
         let owned_key = key.clone();
         let policy_generation = view.policy_generation;
         let clock = self.clock.clone();
-        let (found, _) = self
-            .shared_lookups
-            .join_or_start((key.clone(), generation), async move {
+        let (found, _) = self.shared_lookups.join_or_start(
+            (key.clone(), generation, policy_generation),
+            async move {
                 let record = tier.lookup(&keys).await?;
                 let decoded = codec::decode(&record, clock.now(), SystemTime::now()).ok()?;
                 let mut entry = decoded.entry;
@@ -148,14 +149,16 @@ impl Store {
                 let entry = Arc::new(entry);
                 memory.l1.insert(owned_key, Arc::clone(&entry), stamp);
                 Some(entry)
-            });
+            },
+        );
         found.await.flatten()
     }
 
     /// The fetch in flight for `key` in the current generation, if any.
-    pub fn flight(&self, key: &CacheKey) -> Option<InFlight<Fetched>> {
+    pub fn flight(&self, key: &CacheKey, policy_generation: u64) -> Option<InFlight<Fetched>> {
         let generation = self.memory.generations.current(key);
-        self.flights.get(&(key.clone(), generation))
+        self.flights
+            .get(&(key.clone(), generation, policy_generation))
     }
 
     /// Joins the fetch in flight for `key`, or starts `fetch` with a [`Fill`] permit as its own
@@ -187,8 +190,10 @@ impl Store {
                 lifetimes: view.lifetimes,
             }),
         };
-        self.flights
-            .join_or_start((key.clone(), generation), fetch(fill))
+        self.flights.join_or_start(
+            (key.clone(), generation, view.policy_generation),
+            fetch(fill),
+        )
     }
 
     /// Makes everything in `scope` unreachable on this replica, then in the shared tier and on
@@ -198,6 +203,10 @@ impl Store {
         tier::Local::invalidate_local(&*self.memory, scope);
         if let Some(tier) = &self.tier {
             tier.invalidate(scope).await;
+            // Again: a lookup here may have copied the old record from Redis into memory between
+            // the first pass and the generation moving in Redis; this replica skips its own
+            // messages, so nothing else would hide that copy.
+            self.memory.generations.invalidate(scope);
         }
     }
 
@@ -223,6 +232,8 @@ impl Store {
         });
         if let Some(tier) = &self.tier {
             tier.invalidate(scope).await;
+            // As in `invalidate`: hide what a lookup copied from Redis in between.
+            self.memory.generations.invalidate(scope);
         }
         removed
     }
@@ -359,9 +370,16 @@ impl Fill {
         let Some(shared) = self.shared.take() else {
             return;
         };
-        let Some(generation) = &shared.generation else {
-            // Redis did not answer when the fill began: the generation it began in is unknown,
-            // so nothing is stored there (a lock, if any, expires by itself).
+        let current = self
+            .store
+            .memory
+            .generations
+            .is_current(&self.key, self.stamp);
+        let Some(generation) = shared.generation.as_ref().filter(|_| current) else {
+            // Redis did not answer when the fill began (the generation it began in is unknown),
+            // or this replica knows of an invalidation since: store nothing there. The lock may
+            // have been taken by a claim whose answer was lost: release it by its token.
+            shared.tier.release(&shared.keys, &shared.token).await;
             return;
         };
         let now = self.store.clock.now();

@@ -134,7 +134,7 @@ async fn fetch(
     let limit_key = lookup.limit_key;
     let mut retried = false;
     loop {
-        let (inflight, role) = match state.store.flight(&lookup.key) {
+        let (inflight, role) = match state.store.flight(&lookup.key, live.policy_generation) {
             // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
             Some(inflight) => (inflight, Role::Follower),
             None => start_fetch(state, live, lookup.clone(), Some(limit_key)),
@@ -197,7 +197,11 @@ fn fill_wait(live: &Live) -> Duration {
 /// shield says no (cool-down, open breaker), the stale entry simply keeps serving. Refreshes
 /// serve no caller, so they charge no caller's budget.
 fn refresh_in_background(state: &Arc<AppState>, live: &Arc<Live>, lookup: Lookup) {
-    if state.store.flight(&lookup.key).is_none() {
+    if state
+        .store
+        .flight(&lookup.key, live.policy_generation)
+        .is_none()
+    {
         let _ = start_fetch(state, live, lookup, None);
     }
 }

@@ -123,6 +123,9 @@ pub struct Shield {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     max_retry_after: Duration,
+    /// How long the shared cool-down probe is held: as long as one upstream call may take, so a
+    /// probe whose replica died (or whose answer was lost) blocks the others no longer.
+    probe_lease: Duration,
     auth_failures: moka::sync::Cache<Fingerprint, AuthFailure>,
     tier: Option<Arc<Tier>>,
 }
@@ -136,7 +139,7 @@ struct AuthFailure {
 
 impl Shield {
     /// Builds the shield from its settings; with `tier`, budgets and cool-downs are shared.
-    pub fn new(config: &ShieldConfig, tier: Option<Arc<Tier>>) -> Self {
+    pub fn new(config: &ShieldConfig, tier: Option<Arc<Tier>>, probe_lease: Duration) -> Self {
         Shield {
             breaker: Breaker::new(config.breaker_failures, config.breaker_open),
             cooldowns: Cooldowns::new(config.max_retry_after, config.max_tracked_keys),
@@ -144,6 +147,7 @@ impl Shield {
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             queue_timeout: config.queue_timeout,
             max_retry_after: config.max_retry_after,
+            probe_lease,
             // The TTL only bounds memory; each entry's own `until` decides, so a reload that
             // changes cache.auth_failure_ttl_secs applies to new entries at once.
             auth_failures: moka::sync::Cache::builder()
@@ -255,7 +259,7 @@ impl Shield {
         }
         let mut shared_probe = false;
         if let Some(tier) = &self.tier {
-            match tier.cooldown(upstream_key, self.max_retry_after).await {
+            match tier.cooldown(upstream_key, self.probe_lease).await {
                 Some(Ok(probe)) => shared_probe = probe,
                 Some(Err(left)) => {
                     if cooldown_probe {

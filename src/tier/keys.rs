@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::cache::{CacheKey, Resource};
 use crate::credential::Fingerprint;
 use crate::query::ListKind;
+use crate::tier::codec::FORMAT_VERSION;
 
 /// Names under one prefix.
 #[derive(Debug, Clone)]
@@ -60,8 +61,16 @@ impl Keys {
         let p = &self.prefix;
         EntryKeys {
             generation: format!("{p}{{{tag}}}:g"),
-            entry: format!("{p}{{{tag}}}:e:{policy}:{namespace}:{rest}"),
-            lock: format!("{p}{{{tag}}}:k:{policy}:{namespace}:{rest}"),
+            // The record format is part of the name: replicas of two releases mid-way through a
+            // rolling update never read (or lock against) each other's records.
+            entry: format!(
+                "{p}{{{tag}}}:e{v}:{policy}:{namespace}:{rest}",
+                v = FORMAT_VERSION
+            ),
+            lock: format!(
+                "{p}{{{tag}}}:k{v}:{policy}:{namespace}:{rest}",
+                v = FORMAT_VERSION
+            ),
         }
     }
 
@@ -133,7 +142,7 @@ mod tests {
         assert_eq!(k.generation, keys.number_generation(id));
         assert!(
             k.entry
-                .starts_with("pg:{n:00000000-0000-0000-0000-000000000007}:e:pol:0.0:")
+                .starts_with("pg:{n:00000000-0000-0000-0000-000000000007}:e1:pol:0.0:")
         );
         for name in [&k.generation, &k.entry, &k.lock] {
             assert!(!name.contains("secret-token"), "{name}");

@@ -42,8 +42,10 @@ pub use pubsub::Local;
 /// replaced by one "everything" invalidation, which covers them.
 const MAX_PENDING: usize = 1024;
 
-/// How often a waiting replica looks for another replica's fill.
+/// How soon a waiting replica first looks for another replica's fill.
 const FILL_POLL: Duration = Duration::from_millis(10);
+/// The longest pause between two looks.
+const MAX_FILL_POLL: Duration = Duration::from_millis(100);
 
 /// The shared tier of one replica.
 pub struct Tier {
@@ -61,6 +63,8 @@ pub struct Tier {
     namespace: ArcSwap<Namespace>,
     pending: Mutex<Vec<Scope>>,
     subscribed: AtomicBool,
+    /// Whether the purge counters have been read at least once (entry names depend on them).
+    namespace_loaded: AtomicBool,
 }
 
 /// The purge counters every replica mirrors: part of every entry's name.
@@ -254,6 +258,7 @@ impl Tier {
             namespace: ArcSwap::from_pointee(Namespace::default()),
             pending: Mutex::new(Vec::new()),
             subscribed: AtomicBool::new(false),
+            namespace_loaded: AtomicBool::new(false),
         })
     }
 
@@ -278,6 +283,19 @@ impl Tier {
     /// Whether invalidations from other replicas are arriving.
     pub fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Whether what Redis holds may be read: this replica hears invalidations, knows the current
+    /// purge counters, and has no invalidation of its own that Redis has not taken yet. Otherwise
+    /// lookups and fills go without Redis (a miss, and no cross-replica wait) until it is.
+    pub fn is_trusted(&self) -> bool {
+        self.is_subscribed()
+            && self.namespace_loaded.load(Ordering::Acquire)
+            && self
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
     }
 
     /// The Redis breaker's state (for `/metrics`).
@@ -314,6 +332,10 @@ impl Tier {
 
     /// The record of a current entry, if Redis has one (`None` also when Redis did not answer).
     pub async fn lookup(&self, keys: &EntryKeys) -> Option<Vec<u8>> {
+        if !self.is_trusted() {
+            self.metrics.tier.l2_lookup("untrusted");
+            return None;
+        }
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.lookup.prepare_invoke();
         invocation.key(&keys.generation).key(&keys.entry);
@@ -337,6 +359,9 @@ impl Tier {
 
     /// Looks for a fresh entry and, failing that, tries to take the fill lock.
     pub async fn claim(&self, keys: &EntryKeys, token: &Token) -> Claim {
+        if !self.is_trusted() {
+            return Claim::Unavailable;
+        }
         let mut conn = self.conn.clone();
         let now = codec::unix_millis(SystemTime::now());
         let mut invocation = self.scripts.claim.prepare_invoke();
@@ -361,12 +386,16 @@ impl Tier {
     pub async fn wait_for_fill(&self, keys: &EntryKeys, token: &Token) -> Waited {
         let deadline = tokio::time::Instant::now() + self.fill_wait;
         let metrics = &self.metrics.tier;
+        // Polls back off (10, 20, 40, ... ms, at most MAX_FILL_POLL) so that many replicas
+        // waiting on many keys cannot swamp Redis.
+        let mut poll = FILL_POLL;
         loop {
-            if tokio::time::Instant::now() + FILL_POLL > deadline {
+            if tokio::time::Instant::now() + poll > deadline {
                 metrics.fill_wait("timeout");
                 return Waited::GaveUp;
             }
-            tokio::time::sleep(FILL_POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(MAX_FILL_POLL);
             match self.claim(keys, token).await {
                 Claim::Filled(record) => {
                     metrics.fill_wait("filled");
@@ -433,11 +462,9 @@ impl Tier {
     /// Makes `scope` unreachable in Redis and tells the other replicas; what Redis does not take
     /// now is replayed when it is back.
     pub async fn invalidate(&self, scope: Scope) {
-        if !self.apply(&scope).await {
+        if !(self.apply(&scope).await && self.publish(&scope).await) {
             self.queue(scope);
-            return;
         }
-        self.publish(&scope).await;
     }
 
     async fn apply(&self, scope: &Scope) -> bool {
@@ -464,7 +491,7 @@ impl Tier {
                     .to_owned();
                 let moved: Option<i64> = self.run(cmd.query_async(&mut conn)).await;
                 if moved.is_some() {
-                    self.refresh_namespace().await;
+                    let _ = self.refresh_namespace().await;
                 }
                 moved.is_some()
             }
@@ -476,14 +503,15 @@ impl Tier {
                     .to_owned();
                 let moved: Option<i64> = self.run(cmd.query_async(&mut conn)).await;
                 if moved.is_some() {
-                    self.refresh_namespace().await;
+                    let _ = self.refresh_namespace().await;
                 }
                 moved.is_some()
             }
         }
     }
 
-    async fn publish(&self, scope: &Scope) {
+    /// Tells the other replicas; false when Redis did not take the message.
+    async fn publish(&self, scope: &Scope) -> bool {
         let mut conn = self.conn.clone();
         let message = pubsub::encode(&self.instance, scope);
         let cmd = redis::cmd("PUBLISH")
@@ -494,6 +522,7 @@ impl Tier {
         if sent.is_some() {
             self.metrics.tier.invalidation("sent");
         }
+        sent.is_some()
     }
 
     fn queue(&self, scope: Scope) {
@@ -510,15 +539,24 @@ impl Tier {
         );
     }
 
+    /// Whether invalidations are waiting for Redis.
+    fn has_pending(&self) -> bool {
+        !self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// Replays invalidations Redis missed; true when none is left.
     async fn replay(&self) -> bool {
         let queued =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         let mut left = Vec::new();
         for scope in queued {
-            if self.apply(&scope).await {
-                self.publish(&scope).await;
-            } else {
+            // Applying twice is harmless (one more generation), so a scope whose message failed
+            // is simply applied again.
+            if !(self.apply(&scope).await && self.publish(&scope).await) {
                 left.push(scope);
             }
         }
@@ -531,24 +569,49 @@ impl Tier {
         done
     }
 
-    /// Re-reads the purge counters.
-    async fn refresh_namespace(&self) -> bool {
+    /// Re-reads the purge counters; returns what moved since the last read (this replica's
+    /// memory must drop it: entries read under the old names are not current any more), or
+    /// `None` when Redis did not answer. Counters only ever grow, so a late answer never takes
+    /// the mirror back.
+    async fn refresh_namespace(&self) -> Option<Vec<Scope>> {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("HGETALL").arg(self.keys.namespace()).to_owned();
-        let Some(fields): Option<HashMap<String, u64>> = self.run(cmd.query_async(&mut conn)).await
-        else {
-            return false;
-        };
-        let mut ns = Namespace::default();
+        let fields: HashMap<String, u64> = self.run(cmd.query_async(&mut conn)).await?;
+        let old = self.namespace.load_full();
+        let mut ns = (*old).clone();
+        let mut moved = Vec::new();
         for (field, value) in fields {
             if field == "epoch" {
-                ns.epoch = value;
+                if value > ns.epoch {
+                    ns.epoch = value;
+                    moved.push(Scope::All);
+                }
             } else if let Some(key_id) = field.strip_prefix("c:").and_then(KeyId::from_hex) {
-                ns.credentials.insert(key_id, value);
+                let known = ns.credentials.entry(key_id).or_insert(0);
+                if value > *known {
+                    *known = value;
+                    moved.push(Scope::Credential(key_id));
+                }
             }
         }
-        self.namespace.store(Arc::new(ns));
-        true
+        let first = !self.namespace_loaded.swap(true, Ordering::AcqRel);
+        if !moved.is_empty() {
+            // Concurrent refreshes: merge into whatever is there now, never back.
+            self.namespace.rcu(|current| {
+                let mut merged = (**current).clone();
+                merged.epoch = merged.epoch.max(ns.epoch);
+                for (k, v) in &ns.credentials {
+                    let slot = merged.credentials.entry(*k).or_insert(0);
+                    *slot = (*slot).max(*v);
+                }
+                merged
+            });
+        }
+        if first {
+            // The first read is not a change: memory was distrusted at subscription anyway.
+            moved.clear();
+        }
+        Some(moved)
     }
 
     /// One unit of `credential`'s shared budget (`kind`: `m` misses, `r` requests): `Ok` or how

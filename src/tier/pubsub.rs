@@ -7,6 +7,7 @@
 //! a ping each second, so a silently dead connection is found within about two; the purge
 //! counters that name entries are re-read at the same pace.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -60,6 +61,7 @@ pub(super) fn decode(message: &str) -> Option<(&str, Scope)> {
 pub(super) async fn listen(tier: Weak<Tier>, local: Arc<dyn Local>) {
     let mut backoff = Duration::from_millis(100);
     let mut seed = 0usize;
+    let mut failures = 0u32;
     loop {
         let Some(current) = tier.upgrade() else {
             return;
@@ -73,7 +75,7 @@ pub(super) async fn listen(tier: Weak<Tier>, local: Arc<dyn Local>) {
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await;
-        match connected {
+        let why = match connected {
             Ok(Ok(pubsub)) => {
                 let Some(current) = tier.upgrade() else {
                     return;
@@ -84,26 +86,41 @@ pub(super) async fn listen(tier: Weak<Tier>, local: Arc<dyn Local>) {
                 let _ = current.replay().await;
                 let _ = current.refresh_namespace().await;
                 local.invalidate_local(Scope::All);
-                current
-                    .subscribed
-                    .store(true, std::sync::atomic::Ordering::Release);
+                current.subscribed.store(true, Ordering::Release);
+                current.metrics.tier.subscribed(true);
                 tracing::info!("subscribed to redis invalidations");
                 drop(current);
                 backoff = Duration::from_millis(100);
+                failures = 0;
                 serve(&tier, &local, pubsub).await;
                 let Some(current) = tier.upgrade() else {
                     return;
                 };
-                current
-                    .subscribed
-                    .store(false, std::sync::atomic::Ordering::Release);
+                current.subscribed.store(false, Ordering::Release);
+                current.metrics.tier.subscribed(false);
                 local.invalidate_local(Scope::All);
                 tracing::warn!(
                     "lost the redis invalidation subscription; memory entries are no longer \
                      trusted and the subscription is being re-made"
                 );
+                None
             }
-            _ => seed = seed.wrapping_add(1),
+            // An ACL without channel rights (Redis 7's default `resetchannels`) fails here while
+            // ordinary commands work: say so, but not on every retry.
+            Ok(Err(error)) => Some(format!("{:?} {}", error.kind(), error.code().unwrap_or(""))),
+            Err(_) => Some("no answer in time".to_owned()),
+        };
+        if let Some(why) = why {
+            failures += 1;
+            seed = seed.wrapping_add(1);
+            if failures == 1 || failures % 30 == 0 {
+                tracing::warn!(
+                    error = %why,
+                    attempts = failures,
+                    "cannot subscribe to redis invalidations; the shared tier is not used until \
+                     this works"
+                );
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -139,7 +156,15 @@ async fn serve(tier: &Weak<Tier>, local: &Arc<dyn Local>, pubsub: redis::aio::Pu
                 }
                 // The purge counters are re-read each second as well, so a message lost without
                 // the connection dropping delays a purge by a second at most.
-                let _ = current.refresh_namespace().await;
+                if let Some(moved) = current.refresh_namespace().await {
+                    for scope in moved {
+                        local.invalidate_local(scope);
+                    }
+                }
+                // Invalidations Redis did not take go out as soon as it answers again.
+                if current.has_pending() {
+                    let _ = current.replay().await;
+                }
             }
         }
     }
