@@ -408,18 +408,10 @@ async fn two_requests_share_one_http1_keep_alive_connection() {
 async fn two_streams_share_one_h2c_connection() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "").await;
-    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c(&proxy).await;
     let mut pending = Vec::new();
     for id in [TWILIO_ID, VONAGE_ID] {
-        let req = Request::get(proxy.url(&path(id)))
-            .header("authorization", format!("Bearer {TOKEN_A}"))
-            .body(Empty::<Bytes>::new())
-            .expect("request");
+        let req = h2_get(&proxy, id);
         pending.push((id, sender.send_request(req)));
     }
     for (id, fut) in pending {
@@ -446,16 +438,8 @@ async fn an_idle_h2c_connection_is_closed_after_the_idle_timeout() {
         "[server]\nidle_timeout_ms = 300\nheader_timeout_ms = 5000\n",
     )
     .await;
-    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
-    let req = Request::get(proxy.url(&path(TWILIO_ID)))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
-        .body(Empty::<Bytes>::new())
-        .expect("request");
+    let (mut sender, conn) = h2c(&proxy).await;
+    let req = h2_get(&proxy, TWILIO_ID);
     let resp = sender.send_request(req).await.expect("h2 response");
     assert_eq!(resp.status(), StatusCode::OK);
     let _ = resp.into_body().collect().await.expect("body");
@@ -479,18 +463,10 @@ async fn an_idle_h2c_connection_is_closed_after_the_idle_timeout() {
 async fn a_busy_h2c_connection_is_not_closed_for_idleness() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "[server]\nidle_timeout_ms = 400\n").await;
-    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c(&proxy).await;
     // A request every 150 ms for 1.5 s: never 400 ms without one.
     for _ in 0..10 {
-        let req = Request::get(proxy.url(&path(TWILIO_ID)))
-            .header("authorization", format!("Bearer {TOKEN_A}"))
-            .body(Empty::<Bytes>::new())
-            .expect("request");
+        let req = h2_get(&proxy, TWILIO_ID);
         let resp = sender
             .send_request(req)
             .await
@@ -523,4 +499,27 @@ async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
         matches!(outcome, Outcome::Closed(_)),
         "an idle HTTP/1.1 connection outlived the idle timeout: {outcome:?}"
     );
+}
+
+/// An h2c (prior knowledge) connection to `proxy`: its sender and its driving task.
+async fn h2c(
+    proxy: &Proxy,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    (sender, tokio::spawn(conn))
+}
+
+/// `GET /phone-number/{id}` with the test credential, for an HTTP/2 sender.
+fn h2_get(proxy: &Proxy, id: &str) -> Request<Empty<Bytes>> {
+    Request::get(proxy.url(&path(id)))
+        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request")
 }

@@ -467,47 +467,35 @@ impl Tier {
         }
     }
 
+    /// Moves the generation or purge counter covering `scope`; false when Redis did not take it.
     async fn apply(&self, scope: &Scope) -> bool {
         let mut conn = self.conn.clone();
-        match scope {
-            Scope::Number(id) => {
-                let mut invocation = self.scripts.bump.prepare_invoke();
-                invocation.key(self.keys.number_generation(*id));
-                let moved: Option<i64> = self.run(invocation.invoke_async(&mut conn)).await;
-                moved.is_some()
-            }
-            Scope::Lists(credential) => {
-                let mut invocation = self.scripts.bump.prepare_invoke();
-                invocation.key(self.keys.lists_generation(credential));
-                let moved: Option<i64> = self.run(invocation.invoke_async(&mut conn)).await;
-                moved.is_some()
-            }
-            Scope::Credential(key_id) => {
-                let field = format!("c:{key_id}");
-                let cmd = redis::cmd("HINCRBY")
-                    .arg(self.keys.namespace())
-                    .arg(field)
-                    .arg(1)
-                    .to_owned();
-                let moved: Option<i64> = self.run(cmd.query_async(&mut conn)).await;
-                if moved.is_some() {
-                    let _ = self.refresh_namespace().await;
-                }
-                moved.is_some()
-            }
-            Scope::All => {
-                let cmd = redis::cmd("HINCRBY")
-                    .arg(self.keys.namespace())
-                    .arg("epoch")
-                    .arg(1)
-                    .to_owned();
-                let moved: Option<i64> = self.run(cmd.query_async(&mut conn)).await;
-                if moved.is_some() {
-                    let _ = self.refresh_namespace().await;
-                }
-                moved.is_some()
-            }
+        let generation = match scope {
+            Scope::Number(id) => self.keys.number_generation(*id),
+            Scope::Lists(credential) => self.keys.lists_generation(credential),
+            // Purges of a credential or of everything move a counter that is part of every entry
+            // name, then re-read the counters so this replica uses the new names at once.
+            Scope::Credential(key_id) => return self.bump_namespace(&format!("c:{key_id}")).await,
+            Scope::All => return self.bump_namespace("epoch").await,
+        };
+        let mut invocation = self.scripts.bump.prepare_invoke();
+        invocation.key(generation);
+        let moved: Option<i64> = self.run(invocation.invoke_async(&mut conn)).await;
+        moved.is_some()
+    }
+
+    async fn bump_namespace(&self, field: &str) -> bool {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("HINCRBY")
+            .arg(self.keys.namespace())
+            .arg(field)
+            .arg(1)
+            .to_owned();
+        let moved: Option<i64> = self.run(cmd.query_async(&mut conn)).await;
+        if moved.is_some() {
+            let _ = self.refresh_namespace().await;
         }
+        moved.is_some()
     }
 
     /// Tells the other replicas; false when Redis did not take the message.
