@@ -208,6 +208,46 @@ async fn writes_and_purges_reach_every_replica(mock: &MockVapi, proxies: &[Proxy
     let after = get(&proxies[0], &path(VAPI_ID), Some(TOKEN_A)).await;
     assert_eq!(after.header("x-cache"), Some("miss"));
     assert_eq!(mock.hits_for(&path(VAPI_ID)), hits + 1);
+
+    // Purges by key_id and of everything reach every replica's memory and Redis as well.
+    let key_id = proxies[0]
+        .state
+        .fingerprinter
+        .fingerprint(TOKEN_A.as_bytes())
+        .key_id()
+        .to_string();
+    for body in [
+        format!(r#"{{"key_id":"{key_id}"}}"#),
+        r#"{"all":true}"#.to_owned(),
+    ] {
+        for proxy in proxies {
+            get(proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
+        }
+        let purged = purge(&proxies[2], &body).await;
+        assert_eq!(purged.status, StatusCode::OK, "{body}: {}", purged.text());
+        for proxy in &proxies[..2] {
+            let key = phonegate::cache::CacheKey {
+                resource: phonegate::cache::Resource::PhoneNumber(
+                    uuid::Uuid::parse_str(VAPI_ID).expect("uuid"),
+                ),
+                credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
+            };
+            let generation = proxy.state.live().policy_generation;
+            let gone = eventually(Duration::from_secs(1), || async {
+                proxy.state.store.lookup(&key, generation).is_none()
+            })
+            .await;
+            assert!(gone, "{body}: not seen on another replica within a second");
+        }
+        let hits = mock.hits_for(&path(VAPI_ID));
+        let after = get(&proxies[1], &path(VAPI_ID), Some(TOKEN_A)).await;
+        assert_eq!(
+            after.header("x-cache"),
+            Some("miss"),
+            "{body}: Redis kept it"
+        );
+        assert_eq!(mock.hits_for(&path(VAPI_ID)), hits + 1);
+    }
 }
 
 /// Everything in Redis: no credential, no key secret, no planted secret.
