@@ -720,7 +720,7 @@ impl Report {
             spread(&l2_cost, 1)
         );
         println!(
-            "| the same less one Redis `PING` p50 (phonegate's own L2 work) | +{:.1} µs [{}] |",
+            "| the same less one bare Redis `PING` round trip (p50) | +{:.1} µs [{}] |",
             median(&l2_work),
             spread(&l2_work, 1)
         );
