@@ -5,9 +5,8 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,18 +27,6 @@ fn free_ports() -> (SocketAddr, SocketAddr) {
     let a = StdTcpListener::bind("127.0.0.1:0").expect("bind a free port");
     let b = StdTcpListener::bind("127.0.0.1:0").expect("bind a free port");
     (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
-}
-
-/// A unique file in the temp dir holding `contents`.
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!(
-        "phonegate-binary-{}-{n}-{name}",
-        std::process::id()
-    ));
-    std::fs::write(&path, contents).expect("write temp file");
-    path
 }
 
 /// The binary with no inherited phonegate settings, output piped, killed when dropped.
@@ -424,19 +411,23 @@ async fn a_missing_or_bad_config_file_stops_start_up_with_exit_64() {
         "the message names the file: {message}"
     );
 
-    let file = temp_file("bad-value.toml", "[log]\nformat = \"xml-please\"\n");
+    let file = support::temp_file(
+        "binary",
+        "bad-value.toml",
+        "[log]\nformat = \"xml-please\"\n",
+    );
     let arg = file.to_str().expect("utf-8 temp path");
     let (message, _) = start_failure(&["--config", arg], &[]).await;
     assert!(message.contains("log.format"), "{message}");
     assert!(message.contains("xml-please"), "{message}");
 
-    let file2 = temp_file("bad-type.toml", "[cache]\nttl_secs = \"later\"\n");
+    let file2 = support::temp_file("binary", "bad-type.toml", "[cache]\nttl_secs = \"later\"\n");
     let arg2 = file2.to_str().expect("utf-8 temp path");
     let (message, _) = start_failure(&["--config", arg2], &[]).await;
     assert!(message.contains("cache.ttl_secs"), "{message}");
     assert!(message.contains("later"), "{message}");
 
-    let file3 = temp_file("unknown-key.toml", "[cache]\nttl_seconds = 5\n");
+    let file3 = support::temp_file("binary", "unknown-key.toml", "[cache]\nttl_seconds = 5\n");
     let arg3 = file3.to_str().expect("utf-8 temp path");
     let (message, _) = start_failure(&["--config", arg3], &[]).await;
     assert!(message.contains("ttl_seconds"), "{message}");
@@ -466,7 +457,7 @@ async fn stop_cleanly(proxy: Running) {
 #[tokio::test]
 async fn a_config_file_applies_and_the_environment_overrides_it() {
     let mock = MockVapi::start().await;
-    let file = temp_file("ttl-zero.toml", "[cache]\nttl_secs = 0\n");
+    let file = support::temp_file("binary", "ttl-zero.toml", "[cache]\nttl_secs = 0\n");
     let file_s = file.to_str().expect("utf-8 temp path").to_owned();
 
     // Baseline: the built-in default caches.
@@ -734,7 +725,7 @@ async fn refusals_and_stale_answers_are_logged_with_their_reason() {
 #[tokio::test]
 async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
     let mock = MockVapi::start().await;
-    let file = temp_file("reload.toml", "[cache]\nttl_secs = 60\n");
+    let file = support::temp_file("binary", "reload.toml", "[cache]\nttl_secs = 60\n");
     let file_s = file.to_str().expect("utf-8 temp path").to_owned();
     let proxy = Running::start(&mock.url(), &["--config", &file_s], &[]).await;
     let hup = || {
@@ -834,7 +825,8 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
 
 #[tokio::test]
 async fn check_config_prints_the_masked_configuration_or_exits_64() {
-    let good = temp_file(
+    let good = support::temp_file(
+        "binary",
         "check-good.toml",
         "[cache]\nttl_secs = 17\nkey_secret = \"check-config-secret-0123\"\n",
     );
@@ -855,7 +847,11 @@ async fn check_config_prints_the_masked_configuration_or_exits_64() {
     assert_eq!(v["cache"]["key_secret"], "(set)");
     assert!(!stdout.contains("check-config-secret-0123"), "{stdout}");
 
-    let bad = temp_file("check-bad.toml", "[redact]\nmode = \"scramble\"\n");
+    let bad = support::temp_file(
+        "binary",
+        "check-bad.toml",
+        "[redact]\nmode = \"scramble\"\n",
+    );
     let bad_s = bad.to_str().expect("utf-8 temp path").to_owned();
     let out = command(&["check-config", "--config", &bad_s], &[])
         .output()

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use phonegate::auth::token_sha256_hex;
 use phonegate::config::{Config, ConfigError};
 use support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
-use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, get, get_with, path};
+use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path};
 
 /// phonegate's own upstream key in managed mode.
 const UPSTREAM_KEY: &str = "sk-upstream-SECRET-123";
@@ -76,16 +76,6 @@ async fn send_json(proxy: &Proxy, method: Method, path: &str, token: &str, body:
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
     support::send(req).await
-}
-
-fn assert_json_error(resp: &Resp, status: u16, what: &str) {
-    assert_eq!(resp.status.as_u16(), status, "{what}: {}", resp.text());
-    let body = resp.json();
-    assert_eq!(body["statusCode"], status, "{what}: {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: {body}"
-    );
 }
 
 /// Asserts the upstream key appears nowhere in the answer, body or headers.

@@ -13,7 +13,7 @@ use support::mock_vapi::{
     BYO_ID, FIXTURE_IDS, KEPT_POINTERS, PLANTED, SECRET_POINTERS, SECRET_URL_POINTERS, TWILIO_ID,
     provider_kept_pointers, provider_secret_pointers,
 };
-use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, get, get_with, path};
+use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, contains_planted, get, get_with, path};
 
 const REDACTED: &str = "[REDACTED]";
 
@@ -38,12 +38,6 @@ fn url_parts(url: &str) -> (String, String, String) {
         host.to_ascii_lowercase(),
         after[..path_end].to_owned(),
     )
-}
-
-fn contains_planted(bytes: &[u8]) -> bool {
-    bytes
-        .windows(PLANTED.len())
-        .any(|w| w == PLANTED.as_bytes())
 }
 
 /// No header value of `resp` carries the marker.

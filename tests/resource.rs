@@ -15,7 +15,10 @@ use support::mock_vapi::{
     FIXTURE_IDS, KEPT_POINTERS, NOT_FOUND_BODY, PLANTED, SECRET_POINTERS, SECRET_URL_POINTERS,
     TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID, provider_secret_pointers,
 };
-use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, get_with, path};
+use support::{
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, assert_json_error, contains_planted, get,
+    get_with, path,
+};
 
 const REDACTED: &str = "[REDACTED]";
 
@@ -69,31 +72,6 @@ fn upstream_count(mock: &MockVapi, method: Method, path: &str) -> usize {
         .iter()
         .filter(|r| r.method == method && r.path == path)
         .count()
-}
-
-fn contains_planted(bytes: &[u8]) -> bool {
-    bytes
-        .windows(PLANTED.len())
-        .any(|w| w == PLANTED.as_bytes())
-}
-
-/// Asserts `resp` is one of phonegate's (or the upstream's) NestJS-shaped JSON errors.
-fn assert_json_error(resp: &Resp, status: u16, what: &str) -> String {
-    assert_eq!(resp.status.as_u16(), status, "{what}: {}", resp.text());
-    let body = resp.json();
-    assert_eq!(body["statusCode"], status, "{what}: {body}");
-    assert!(body["error"].is_string(), "{what}: {body}");
-    let message = match &body["message"] {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join("; "),
-        other => panic!("{what}: no message in {other}"),
-    };
-    assert!(!message.is_empty(), "{what}: {body}");
-    message
 }
 
 /// Asserts no part of the answer (body or headers) carries a planted secret.

@@ -240,3 +240,41 @@ pub fn raw_body(response: &str) -> &str {
 pub fn path(id: &str) -> String {
     format!("/phone-number/{id}")
 }
+
+/// Whether `bytes` carry the marker of a planted secret anywhere.
+pub fn contains_planted(bytes: &[u8]) -> bool {
+    bytes
+        .windows(mock_vapi::PLANTED.len())
+        .any(|w| w == mock_vapi::PLANTED.as_bytes())
+}
+
+/// Asserts `resp` is one of phonegate's (or the upstream's) NestJS-shaped JSON errors with
+/// `status`; returns its message (an array of messages joined with "; ").
+pub fn assert_json_error(resp: &Resp, status: u16, what: &str) -> String {
+    assert_eq!(resp.status.as_u16(), status, "{what}: {}", resp.text());
+    let body = resp.json();
+    assert_eq!(body["statusCode"], status, "{what}: {body}");
+    assert!(body["error"].is_string(), "{what}: {body}");
+    let message = match &body["message"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => panic!("{what}: no message in {other}"),
+    };
+    assert!(!message.trim().is_empty(), "{what}: {body}");
+    message
+}
+
+/// Writes `contents` to a fresh file in the temporary directory (`tag` and `name` make it
+/// recognisable) and returns its path.
+pub fn temp_file(tag: &str, name: &str, contents: &str) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path =
+        std::env::temp_dir().join(format!("phonegate-{tag}-{}-{n}-{name}", std::process::id()));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
