@@ -63,13 +63,13 @@ impl Authenticator {
         let mode = match config {
             AuthConfig::Passthrough => Mode::Passthrough,
             AuthConfig::Managed { clients, api_key } => {
-                let mut value = HeaderValue::try_from(format!("Bearer {api_key}"))
+                let mut value = HeaderValue::try_from(format!("Bearer {}", api_key.expose()))
                     .map_err(|_| "upstream.api_key cannot be sent as a header".to_owned())?;
                 value.set_sensitive(true);
                 Mode::Managed {
                     clients: clients.iter().map(Client::from).collect(),
                     upstream_authorization: value,
-                    upstream_key: fingerprinter.fingerprint(api_key.as_bytes()),
+                    upstream_key: fingerprinter.fingerprint(api_key.expose().as_bytes()),
                 }
             }
         };
@@ -184,7 +184,7 @@ mod tests {
                     write: true,
                 },
             ],
-            api_key: "upstream-secret-key".into(),
+            api_key: crate::config::Secret::new("upstream-secret-key"),
         };
         (Authenticator::new(&config, &f).unwrap(), f)
     }

@@ -251,6 +251,11 @@ pub struct Config {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
     /// The secret itself.
     pub fn expose(&self) -> &str {
         &self.0
@@ -277,7 +282,7 @@ pub struct UpstreamConfig {
 }
 
 /// Cache settings.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct CacheConfig {
     /// Freshness of a 200. Default is 60 s; 0 disables caching of 200s.
     pub ttl: Duration,
@@ -296,23 +301,7 @@ pub struct CacheConfig {
     /// Size bound in bytes. Default is 256 MiB.
     pub max_bytes: u64,
     /// Fingerprint key; `None` means a random key per process. Default is `None`.
-    pub key_secret: Option<String>,
-}
-
-impl fmt::Debug for CacheConfig {
-    // Hand-written so the key secret can never reach a log line through `{:?}`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheConfig")
-            .field("ttl", &self.ttl)
-            .field("negative_ttl", &self.negative_ttl)
-            .field("auth_failure_ttl", &self.auth_failure_ttl)
-            .field("list_ttl", &self.list_ttl)
-            .field("stale_while_revalidate", &self.stale_while_revalidate)
-            .field("stale_if_error", &self.stale_if_error)
-            .field("max_bytes", &self.max_bytes)
-            .field("key_secret", &self.key_secret.as_ref().map(|_| "(set)"))
-            .finish()
-    }
+    pub key_secret: Option<Secret>,
 }
 
 /// Redaction settings.
@@ -370,7 +359,7 @@ pub struct ShieldConfig {
 }
 
 /// Whose credential goes upstream.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthConfig {
     /// The caller's own bearer token goes upstream. The default.
     Passthrough,
@@ -379,22 +368,8 @@ pub enum AuthConfig {
         /// The configured clients.
         clients: Vec<ClientConfig>,
         /// The upstream key (`upstream.api_key` or the contents of `upstream.api_key_file`).
-        api_key: String,
+        api_key: Secret,
     },
-}
-
-impl fmt::Debug for AuthConfig {
-    // Hand-written so the upstream key never reaches a log line through `{:?}`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AuthConfig::Passthrough => f.write_str("Passthrough"),
-            AuthConfig::Managed { clients, .. } => f
-                .debug_struct("Managed")
-                .field("clients", clients)
-                .field("api_key", &"(set)")
-                .finish(),
-        }
-    }
 }
 
 /// One managed-mode client.
@@ -708,7 +683,7 @@ impl RawCache {
             )?,
             stale_if_error: seconds("cache.stale_if_error_secs", self.stale_if_error_secs)?,
             max_bytes: self.max_bytes,
-            key_secret,
+            key_secret: key_secret.map(Secret),
         })
     }
 }
@@ -910,7 +885,10 @@ fn validate_auth(auth: RawAuth, upstream: &RawUpstream) -> Result<AuthConfig, Co
             for raw in auth.clients {
                 clients.push(validate_client(raw, &clients)?);
             }
-            Ok(AuthConfig::Managed { clients, api_key })
+            Ok(AuthConfig::Managed {
+                clients,
+                api_key: Secret(api_key),
+            })
         }
         _ => Err(invalid(
             "auth.mode",
@@ -1194,7 +1172,10 @@ mod tests {
         assert_eq!(c.upstream.base_url, "http://127.0.0.1:1234");
         assert_eq!(c.redact.mode, redact::Mode::Remove);
         assert_eq!(c.redact.extra_fields, vec!["mySecretThing", "other"]);
-        assert_eq!(c.cache.key_secret.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(
+            c.cache.key_secret.as_ref().map(Secret::expose),
+            Some("0123456789abcdef0123")
+        );
     }
 
     #[test]

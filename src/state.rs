@@ -11,7 +11,7 @@ use crate::auth::Authenticator;
 use crate::cache::store::View;
 use crate::cache::{Lifetimes, Store};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::cors::Cors;
 use crate::credential::Fingerprinter;
 use crate::metrics::Metrics;
@@ -139,8 +139,9 @@ impl AppState {
     /// Builds the shared state from validated settings.
     pub fn new(config: Config) -> Result<Arc<Self>, StateError> {
         let upstream = Upstream::new(&config.upstream).map_err(StateError::Tls)?;
-        let fingerprinter = Fingerprinter::new(config.cache.key_secret.as_deref())
-            .map_err(|e| StateError::Random(e.to_string()))?;
+        let fingerprinter =
+            Fingerprinter::new(config.cache.key_secret.as_ref().map(Secret::expose))
+                .map_err(|e| StateError::Random(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
         let clock = Clock::default();
         // Longer than one upstream call may take (queue wait plus exchange): fill locks and

@@ -2383,7 +2383,10 @@ fn the_overlay_pods_start_with_the_shared_tier_and_the_shared_key() {
     );
     assert!(!redis.cluster, "{CONFIGMAP}: redis.cluster with one Redis");
     assert_eq!(
-        cfg.cache.key_secret.as_deref(),
+        cfg.cache
+            .key_secret
+            .as_ref()
+            .map(phonegate::config::Secret::expose),
         Some(data["cache-key-secret"].as_str()),
         "{OVERLAY_SECRET}: cache-key-secret does not reach cache.key_secret"
     );

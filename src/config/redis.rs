@@ -5,7 +5,6 @@
 //! entries and budgets under keyed fingerprints of credentials, and those only agree when every
 //! replica holds the same key.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ struct RawRedisBreaker {
 }
 
 /// The shared Redis tier.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URLs: one server, or the seed nodes of a cluster. Secret, since
     /// a URL may carry a password. Default is unset (no shared tier).
@@ -63,22 +62,6 @@ pub struct RedisConfig {
     pub breaker_failures: u32,
     /// How long the Redis breaker stays open before one probe. Default is 1 s.
     pub breaker_open: Duration,
-}
-
-impl fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("urls", &self.masked_urls())
-            .field("cluster", &self.cluster)
-            .field("timeout", &self.timeout)
-            .field("prefix", &self.prefix)
-            .field("password", &self.password)
-            .field("ca_path", &self.ca_path)
-            .field("fill_wait", &self.fill_wait)
-            .field("breaker_failures", &self.breaker_failures)
-            .field("breaker_open", &self.breaker_open)
-            .finish()
-    }
 }
 
 impl RedisConfig {
