@@ -102,6 +102,19 @@ where
     }
 }
 
+/// Whether `proxy`'s memory stops holding a current entry for (`id`, `token`) within a second.
+async fn dropped_from_memory(proxy: &Proxy, id: &str, token: &str) -> bool {
+    let key = phonegate::cache::CacheKey {
+        resource: phonegate::cache::Resource::PhoneNumber(uuid::Uuid::parse_str(id).expect("uuid")),
+        credential: proxy.state.fingerprinter.fingerprint(token.as_bytes()),
+    };
+    let generation = proxy.state.live().policy_generation;
+    eventually(Duration::from_secs(1), || async {
+        proxy.state.store.lookup(&key, generation).is_none()
+    })
+    .await
+}
+
 /// 300 concurrent cold lookups of one id, spread over the replicas: one upstream request.
 async fn cold_lookups_fold_into_one_upstream_request(mock: &MockVapi, proxies: &[Proxy]) {
     mock.set_behavior(Behavior::Delay(Duration::from_millis(300)));
@@ -187,19 +200,8 @@ async fn writes_and_purges_reach_every_replica(mock: &MockVapi, proxies: &[Proxy
     let purged = purge(&proxies[1], &format!(r#"{{"id":"{VAPI_ID}"}}"#)).await;
     assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
     for proxy in [&proxies[0], &proxies[2]] {
-        let key = phonegate::cache::CacheKey {
-            resource: phonegate::cache::Resource::PhoneNumber(
-                uuid::Uuid::parse_str(VAPI_ID).expect("uuid"),
-            ),
-            credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
-        };
-        let generation = proxy.state.live().policy_generation;
-        let gone = eventually(Duration::from_secs(1), || async {
-            proxy.state.store.lookup(&key, generation).is_none()
-        })
-        .await;
         assert!(
-            gone,
+            dropped_from_memory(proxy, VAPI_ID, TOKEN_A).await,
             "the purge did not reach another replica's memory within a second"
         );
     }
@@ -226,18 +228,10 @@ async fn writes_and_purges_reach_every_replica(mock: &MockVapi, proxies: &[Proxy
         let purged = purge(&proxies[2], &body).await;
         assert_eq!(purged.status, StatusCode::OK, "{body}: {}", purged.text());
         for proxy in &proxies[..2] {
-            let key = phonegate::cache::CacheKey {
-                resource: phonegate::cache::Resource::PhoneNumber(
-                    uuid::Uuid::parse_str(VAPI_ID).expect("uuid"),
-                ),
-                credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
-            };
-            let generation = proxy.state.live().policy_generation;
-            let gone = eventually(Duration::from_secs(1), || async {
-                proxy.state.store.lookup(&key, generation).is_none()
-            })
-            .await;
-            assert!(gone, "{body}: not seen on another replica within a second");
+            assert!(
+                dropped_from_memory(proxy, VAPI_ID, TOKEN_A).await,
+                "{body}: not seen on another replica within a second"
+            );
         }
         let hits = mock.hits_for(&path(VAPI_ID));
         let after = get(&proxies[1], &path(VAPI_ID), Some(TOKEN_A)).await;
