@@ -3,11 +3,10 @@
 //! cluster that serves redirected commands, value scans that see every key's bytes verbatim, and
 //! no server left running once its handle is dropped.
 
-mod support;
 
 use std::net::TcpStream;
 
-use support::redis::{RedisCluster, RedisServer};
+use crate::support::redis::{RedisCluster, RedisServer};
 
 #[tokio::test]
 async fn standalone_set_get_kill_and_restart_on_the_same_port() {

@@ -1,7 +1,6 @@
 //! The admin API: cache purges (by id, by key_id, all; with and without `admin.token`, on
 //! loopback and not), `/config` masking, and request-id handling end to end.
 
-mod support;
 
 use std::sync::Arc;
 
@@ -10,8 +9,8 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use phonegate::config::Config;
 use phonegate::state::AppState;
-use support::mock_vapi::{TWILIO_ID, VAPI_ID};
-use support::{MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, get_with, path};
+use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID};
+use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, get_with, path};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 
@@ -22,7 +21,7 @@ async fn admin(proxy: &Proxy, method: Method, path: &str, token: Option<&str>, b
     if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
-    support::send(
+    crate::support::send(
         builder
             .body(Full::new(Bytes::from(body.to_owned())))
             .unwrap(),

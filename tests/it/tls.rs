@@ -1,7 +1,6 @@
 //! TLS on both sides: the listener with a certificate (ALPN h2 and HTTP/1.1), the upstream over
 //! HTTPS with an extra trusted CA, and start-up errors for unusable TLS files.
 
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +17,8 @@ use hyper_util::rt::TokioExecutor;
 use phonegate::config::Config;
 use phonegate::server::{Server, StartError};
 use rustls_pki_types::CertificateDer;
-use support::mock_vapi::{PLANTED, TELNYX_ID, TWILIO_ID};
-use support::{MockVapi, Proxy, Resp, TOKEN_A, get, path};
+use crate::support::mock_vapi::{PLANTED, TELNYX_ID, TWILIO_ID};
+use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, get, path};
 
 /// A per-test directory in the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -206,7 +205,7 @@ async fn plain_http_to_the_tls_port_gets_no_answer() {
     );
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
-        support::raw(proxy.addr, request.as_bytes()),
+        crate::support::raw(proxy.addr, request.as_bytes()),
     )
     .await
     .expect("the server closes the connection");
@@ -220,7 +219,7 @@ async fn plain_http_to_the_tls_port_gets_no_answer() {
         .header("authorization", format!("Bearer {TOKEN_A}"))
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let outcome = tokio::time::timeout(Duration::from_secs(5), support::client().request(req))
+    let outcome = tokio::time::timeout(Duration::from_secs(5), crate::support::client().request(req))
         .await
         .expect("the server answers or closes in time");
     if let Ok(resp) = outcome {

@@ -2,15 +2,14 @@
 //! fault matrix, the circuit breaker, per-credential budgets, the concurrency cap and the request
 //! deadline. Every test counts what the upstream saw.
 
-mod support;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support::mock_vapi::{BYO_ID, FIXTURE_IDS, PLANTED, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID};
-use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
+use crate::support::mock_vapi::{BYO_ID, FIXTURE_IDS, PLANTED, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 
 /// Settings that switch the stale windows and limits off, so each test turns on only what it
 /// exercises.
@@ -443,7 +442,7 @@ async fn the_concurrency_cap_queues_boundedly_then_refuses() {
     for id in [TWILIO_ID, VONAGE_ID, VAPI_ID] {
         let url = proxy.url(&path(id));
         tasks.push(tokio::spawn(async move {
-            support::send(
+            crate::support::send(
                 Request::get(url)
                     .header("authorization", format!("Bearer {TOKEN_A}"))
                     .body(Full::new(Bytes::new()))
@@ -516,7 +515,7 @@ async fn refusals(proxy: &Proxy, reason: &str) -> u64 {
         .body(Full::new(Bytes::new()))
         .expect("request");
     let series = format!("phonegate_refusals_total{{reason=\"{reason}\"}} ");
-    support::send(req)
+    crate::support::send(req)
         .await
         .text()
         .lines()

@@ -2,7 +2,6 @@
 //! credential and query, redacted element by element, coalesced) and the writes (POST, PATCH,
 //! DELETE forwarded byte for byte, checked, never cached, redacted, invalidating what they change).
 
-mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,11 +10,11 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use support::mock_vapi::{
+use crate::support::mock_vapi::{
     FIXTURE_IDS, KEPT_POINTERS, NOT_FOUND_BODY, PLANTED, SECRET_POINTERS, SECRET_URL_POINTERS,
     TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID, provider_secret_pointers,
 };
-use support::{
+use crate::support::{
     Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, assert_json_error, contains_planted, get,
     get_with, path,
 };
@@ -50,7 +49,7 @@ async fn send_body(
     if let Some(ct) = content_type {
         builder = builder.header("content-type", ct);
     }
-    support::send(builder.body(Full::new(body.into())).expect("request")).await
+    crate::support::send(builder.body(Full::new(body.into())).expect("request")).await
 }
 
 /// A JSON write with `content-type: application/json`.
@@ -457,7 +456,7 @@ async fn concurrent_identical_list_requests_make_one_upstream_call() {
                 .header("authorization", format!("Bearer {TOKEN_A}"))
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            support::send(req).await
+            crate::support::send(req).await
         }));
     }
     let mut bodies = Vec::new();
@@ -480,7 +479,7 @@ async fn concurrent_identical_list_requests_make_one_upstream_call() {
                 .header("authorization", format!("Bearer {TOKEN_A}"))
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            support::send(req).await
+            crate::support::send(req).await
         }));
     }
     for task in tasks {
@@ -1036,7 +1035,7 @@ async fn bodies_carrying_the_placeholder_are_refused_with_an_explanation() {
 
 #[tokio::test]
 async fn a_lookup_issued_after_a_patch_succeeded_sees_the_patch() {
-    let upstream = support::slow_read::start(Duration::from_millis(700)).await;
+    let upstream = crate::support::slow_read::start(Duration::from_millis(700)).await;
     let proxy = Proxy::start(&format!("http://{}", upstream.addr), "").await;
     let url = proxy.url(&path(TWILIO_ID));
     let lookup = |url: String| async move {
@@ -1044,7 +1043,7 @@ async fn a_lookup_issued_after_a_patch_succeeded_sees_the_patch() {
             .header("authorization", format!("Bearer {TOKEN_A}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        support::send(req).await
+        crate::support::send(req).await
     };
 
     // A lookup is in flight (the upstream has read the old name and is still answering)...
@@ -1101,7 +1100,7 @@ async fn a_write_whose_answer_cannot_be_relayed_still_invalidates() {
         Some("hit")
     );
     mock.set_behavior(Behavior::Garbage);
-    let patch = support::send(
+    let patch = crate::support::send(
         Request::patch(proxy.url(&path(TWILIO_ID)))
             .header("authorization", format!("Bearer {TOKEN_A}"))
             .header("content-type", "application/json")

@@ -1,15 +1,14 @@
 //! Managed-credentials mode (phonegate's own upstream key, hashed client tokens, read/write
 //! scopes, one shared cache, per-client limits, the key never relayed) and CORS for browsers.
 
-mod support;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use phonegate::auth::token_sha256_hex;
 use phonegate::config::{Config, ConfigError};
-use support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
-use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path};
+use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path};
 
 /// phonegate's own upstream key in managed mode.
 const UPSTREAM_KEY: &str = "sk-upstream-SECRET-123";
@@ -75,7 +74,7 @@ async fn send_json(proxy: &Proxy, method: Method, path: &str, token: &str, body:
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
-    support::send(req).await
+    crate::support::send(req).await
 }
 
 /// Asserts the upstream key appears nowhere in the answer, body or headers.
@@ -648,7 +647,7 @@ async fn answers_to_the_allowed_origin_are_readable() {
         .header("origin", ORIGIN)
         .body(Full::new(Bytes::from_static(b"{\"name\":\"cors\"}")))
         .unwrap();
-    let patched = support::send(req).await;
+    let patched = crate::support::send(req).await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
     assert_eq!(patched.header("access-control-allow-origin"), Some(ORIGIN));
     assert_eq!(mock.hits(), 3);

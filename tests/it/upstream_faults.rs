@@ -2,15 +2,14 @@
 //! a relayed, redacted JSON error), nothing unusable is cached, no secret or HTML leaks, and the
 //! proxy keeps serving once the upstream recovers.
 
-mod support;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support::mock_vapi::{PLANTED, TWILIO_ID};
-use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
+use crate::support::mock_vapi::{PLANTED, TWILIO_ID};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -20,7 +19,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 /// A JSON error answer with `status`: NestJS shape, the common headers, no leaks.
 fn assert_json_error(resp: &Resp, status: u16, what: &str) {
-    support::assert_json_error(resp, status, what);
+    crate::support::assert_json_error(resp, status, what);
     assert_eq!(
         resp.header("content-type"),
         Some("application/json"),
@@ -300,7 +299,7 @@ async fn concurrent_requests_share_one_failing_fetch() {
                 .header("authorization", format!("Bearer {TOKEN_A}"))
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            support::send(req).await
+            crate::support::send(req).await
         }));
     }
     for task in tasks {

@@ -22,7 +22,6 @@
 //! how the HTTP layer frames or refuses a message shows up here. Each test also checks that no
 //! panic happened anywhere outside this test code and that the proxy still serves afterwards.
 
-mod support;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -32,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use support::mock_vapi::{BYO_ID, RecordedRequest, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID};
-use support::{MockVapi, Proxy, TOKEN_A, path};
+use crate::support::mock_vapi::{BYO_ID, RecordedRequest, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID};
+use crate::support::{MockVapi, Proxy, TOKEN_A, path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -399,7 +398,7 @@ impl Harness {
 
     /// `phonegate_requests_total`, summed over its labels.
     async fn handled_now(&self) -> u64 {
-        let resp = support::send(
+        let resp = crate::support::send(
             Request::get(format!("http://{}/metrics", self.proxy.admin_addr))
                 .body(Full::new(Bytes::new()))
                 .expect("request"),
@@ -551,7 +550,7 @@ impl Harness {
         );
         assert_no_server_panic();
         // Still serving, on a fresh connection.
-        let ok = support::get(&self.proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
+        let ok = crate::support::get(&self.proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(ok.status, StatusCode::OK, "the proxy still serves");
         eprintln!("{}", self.report);
         self.proxy.stop().await;

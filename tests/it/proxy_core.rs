@@ -1,15 +1,14 @@
 //! The core lookup path end to end: forwarding, caching per (id, credential), coalescing, TTLs,
 //! conditional requests, HEAD, HTTP/2, and which headers cross the proxy.
 
-mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use support::mock_vapi::{NOT_FOUND_BODY, TWILIO_ID, UNAUTHORIZED_BODY, VAPI_ID};
-use support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, get_with, path};
+use crate::support::mock_vapi::{NOT_FOUND_BODY, TWILIO_ID, UNAUTHORIZED_BODY, VAPI_ID};
+use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, get_with, path};
 
 #[tokio::test]
 async fn a_miss_then_a_hit_makes_one_upstream_call() {
@@ -195,7 +194,7 @@ async fn fifty_concurrent_misses_make_one_upstream_call() {
                 .header("authorization", format!("Bearer {TOKEN_A}"))
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            support::send(req).await
+            crate::support::send(req).await
         }));
     }
     let mut bodies = Vec::new();
@@ -362,14 +361,14 @@ async fn http2_without_tls_is_served() {
 async fn admin_health_and_readiness() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "").await;
-    let health = support::send(
+    let health = crate::support::send(
         Request::get(format!("http://{}/healthz", proxy.admin_addr))
             .body(Full::new(Bytes::new()))
             .unwrap(),
     )
     .await;
     assert_eq!(health.status, StatusCode::OK);
-    let ready = support::send(
+    let ready = crate::support::send(
         Request::get(format!("http://{}/readyz", proxy.admin_addr))
             .body(Full::new(Bytes::new()))
             .unwrap(),

@@ -1,8 +1,7 @@
 //! Proves the Vapi mock (tests/support/mock_vapi.rs) behaves as documented, so that the
 //! proxy's tests can trust it.
 
-#[path = "support/mock_vapi.rs"]
-mod mock_vapi;
+use crate::support::mock_vapi;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

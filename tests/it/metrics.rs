@@ -1,17 +1,16 @@
 //! `/metrics` on the admin listener: exact counter values after a known sequence of requests.
 
-mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
-use support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, path};
+use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
+use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, path};
 
 async fn scrape(proxy: &Proxy) -> String {
-    let resp = support::send(
+    let resp = crate::support::send(
         Request::get(format!("http://{}/metrics", proxy.admin_addr))
             .body(Full::new(Bytes::new()))
             .unwrap(),
@@ -134,7 +133,7 @@ async fn coalesced_waits_and_stale_answers_are_counted() {
     for _ in 0..10 {
         let url = proxy.url(&path(TWILIO_ID));
         tasks.push(tokio::spawn(async move {
-            support::send(
+            crate::support::send(
                 Request::get(url)
                     .header("authorization", format!("Bearer {TOKEN_A}"))
                     .body(Full::new(Bytes::new()))

@@ -1,7 +1,6 @@
 //! The real `phonegate` binary: configuration layers and start-up errors, the JSON access log on
 //! stdout, readiness, and graceful shutdown on SIGTERM.
 
-mod support;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -13,8 +12,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
-use support::{Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, path, send};
+use crate::support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
+use crate::support::{Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, path, send};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phonegate");
@@ -158,7 +157,7 @@ async fn readyz(admin: SocketAddr) -> Option<StatusCode> {
     let req = Request::get(format!("http://{admin}/readyz"))
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let fut = support::client().request(req);
+    let fut = crate::support::client().request(req);
     match tokio::time::timeout(Duration::from_secs(2), fut).await {
         Ok(Ok(resp)) => Some(resp.status()),
         _ => None,
@@ -411,7 +410,7 @@ async fn a_missing_or_bad_config_file_stops_start_up_with_exit_64() {
         "the message names the file: {message}"
     );
 
-    let file = support::temp_file(
+    let file = crate::support::temp_file(
         "binary",
         "bad-value.toml",
         "[log]\nformat = \"xml-please\"\n",
@@ -421,13 +420,13 @@ async fn a_missing_or_bad_config_file_stops_start_up_with_exit_64() {
     assert!(message.contains("log.format"), "{message}");
     assert!(message.contains("xml-please"), "{message}");
 
-    let file2 = support::temp_file("binary", "bad-type.toml", "[cache]\nttl_secs = \"later\"\n");
+    let file2 = crate::support::temp_file("binary", "bad-type.toml", "[cache]\nttl_secs = \"later\"\n");
     let arg2 = file2.to_str().expect("utf-8 temp path");
     let (message, _) = start_failure(&["--config", arg2], &[]).await;
     assert!(message.contains("cache.ttl_secs"), "{message}");
     assert!(message.contains("later"), "{message}");
 
-    let file3 = support::temp_file("binary", "unknown-key.toml", "[cache]\nttl_seconds = 5\n");
+    let file3 = crate::support::temp_file("binary", "unknown-key.toml", "[cache]\nttl_seconds = 5\n");
     let arg3 = file3.to_str().expect("utf-8 temp path");
     let (message, _) = start_failure(&["--config", arg3], &[]).await;
     assert!(message.contains("ttl_seconds"), "{message}");
@@ -457,7 +456,7 @@ async fn stop_cleanly(proxy: Running) {
 #[tokio::test]
 async fn a_config_file_applies_and_the_environment_overrides_it() {
     let mock = MockVapi::start().await;
-    let file = support::temp_file("binary", "ttl-zero.toml", "[cache]\nttl_secs = 0\n");
+    let file = crate::support::temp_file("binary", "ttl-zero.toml", "[cache]\nttl_secs = 0\n");
     let file_s = file.to_str().expect("utf-8 temp path").to_owned();
 
     // Baseline: the built-in default caches.
@@ -725,7 +724,7 @@ async fn refusals_and_stale_answers_are_logged_with_their_reason() {
 #[tokio::test]
 async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
     let mock = MockVapi::start().await;
-    let file = support::temp_file("binary", "reload.toml", "[cache]\nttl_secs = 60\n");
+    let file = crate::support::temp_file("binary", "reload.toml", "[cache]\nttl_secs = 60\n");
     let file_s = file.to_str().expect("utf-8 temp path").to_owned();
     let proxy = Running::start(&mock.url(), &["--config", &file_s], &[]).await;
     let hup = || {
@@ -825,7 +824,7 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
 
 #[tokio::test]
 async fn check_config_prints_the_masked_configuration_or_exits_64() {
-    let good = support::temp_file(
+    let good = crate::support::temp_file(
         "binary",
         "check-good.toml",
         "[cache]\nttl_secs = 17\nkey_secret = \"check-config-secret-0123\"\n",
@@ -847,7 +846,7 @@ async fn check_config_prints_the_masked_configuration_or_exits_64() {
     assert_eq!(v["cache"]["key_secret"], "(set)");
     assert!(!stdout.contains("check-config-secret-0123"), "{stdout}");
 
-    let bad = support::temp_file(
+    let bad = crate::support::temp_file(
         "binary",
         "check-bad.toml",
         "[redact]\nmode = \"scramble\"\n",
@@ -1034,7 +1033,7 @@ async fn no_access_log_line_exceeds_the_documented_bound() {
             "r".repeat(5_000)
         ),
     ] {
-        let answer = support::raw(running.listen, request.as_bytes()).await;
+        let answer = crate::support::raw(running.listen, request.as_bytes()).await;
         assert!(
             answer.starts_with("HTTP/1.1 4"),
             "{}",

@@ -1,10 +1,9 @@
 //! Bad input: every malformed request gets a 4xx JSON error and the upstream never hears of it.
 
-mod support;
 
 use http::{Method, StatusCode};
-use support::mock_vapi::TWILIO_ID;
-use support::{MockVapi, Proxy, TOKEN_A, get, get_with, path, raw, raw_body, raw_status};
+use crate::support::mock_vapi::TWILIO_ID;
+use crate::support::{MockVapi, Proxy, TOKEN_A, get, get_with, path, raw, raw_body, raw_status};
 
 async fn setup() -> (MockVapi, Proxy) {
     let mock = MockVapi::start().await;

@@ -5,7 +5,6 @@
 //! `redis-server` package; without it the harness fails with install instructions) and its own
 //! replicas in this process.
 
-mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +13,9 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use support::mock_vapi::{PLANTED, TWILIO_ID, VAPI_ID};
-use support::redis::{RedisCluster, RedisServer};
-use support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
+use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VAPI_ID};
+use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 
 const KEY_SECRET: &str = "shared-tier-test-key-secret-0123";
 
@@ -60,7 +59,7 @@ async fn metric(proxy: &Proxy, series: &str) -> f64 {
     let req = Request::get(format!("http://{}/metrics", proxy.admin_addr))
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let text = support::send(req).await.text();
+    let text = crate::support::send(req).await.text();
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
@@ -74,14 +73,14 @@ async fn patch(proxy: &Proxy, id: &str, token: &str, body: &str) -> Resp {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("request");
-    support::send(req).await
+    crate::support::send(req).await
 }
 
 async fn purge(proxy: &Proxy, body: &str) -> Resp {
     let req = Request::post(format!("http://{}/cache/purge", proxy.admin_addr))
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("request");
-    support::send(req).await
+    crate::support::send(req).await
 }
 
 /// Polls `check` every 20 ms for up to `within`; true as soon as it holds.
@@ -331,7 +330,7 @@ async fn three_replicas_on_a_redis_cluster_act_as_one_cache() {
 #[tokio::test]
 async fn a_fill_racing_a_write_on_another_replica_does_not_resurrect_old_data() {
     let redis = RedisServer::start().await;
-    let upstream = support::slow_read::start(Duration::from_millis(700)).await;
+    let upstream = crate::support::slow_read::start(Duration::from_millis(700)).await;
     let proxies = replicas(2, &upstream.url(), &redis.url(), false, "").await;
     // Replica 0 starts a lookup: the upstream has read the old name and is still answering...
     let slow = {
@@ -341,7 +340,7 @@ async fn a_fill_racing_a_write_on_another_replica_does_not_resurrect_old_data() 
                 .header("authorization", format!("Bearer {TOKEN_A}"))
                 .body(Full::new(Bytes::new()))
                 .expect("request");
-            support::send(req).await
+            crate::support::send(req).await
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -474,7 +473,7 @@ async fn redis_dying_fails_no_request_and_sharing_resumes_when_it_returns() {
     let ready = Request::get(format!("http://{}/readyz", proxies[0].admin_addr))
         .body(Full::new(Bytes::new()))
         .expect("request");
-    assert_eq!(support::send(ready).await.status, StatusCode::OK);
+    assert_eq!(crate::support::send(ready).await.status, StatusCode::OK);
 
     // Redis is back: the replicas resubscribe and share fills again.
     for proxy in &proxies {
@@ -581,7 +580,7 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start() -> TlsRedis {
-        support::redis::require_redis();
+        crate::support::redis::require_redis();
         let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
             "127.0.0.1".to_owned(),
             "localhost".to_owned(),
