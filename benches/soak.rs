@@ -11,7 +11,7 @@
 //! `cargo test --benches` runs nothing (it does not pass `--bench`).
 //!
 //! Set-up, all on loopback:
-//! - the mock upstream (`tests/support/mock_vapi.rs`) in this process;
+//! - the mock upstream (the `mock-vapi` crate, `tests/mock-vapi/`) in this process;
 //! - the `phonegate` binary cargo built for this bench (`target/release/phonegate`, the bench
 //!   profile inherits `release`), copied to a temporary file first so a concurrent rebuild cannot
 //!   touch the running executable, started as a child process configured by environment variables
@@ -53,9 +53,6 @@
 //! without the upstream pool's sockets and their connection tasks, which follow upstream latency
 //! (a 300 ms delay phase opens a dozen more; the pool drops them only when next used). A watchdog
 //! kills the child and exits if the run overstays its time by [`WATCHDOG_SLACK`].
-
-#[path = "../tests/support/mock_vapi.rs"]
-mod mock_vapi;
 
 use std::collections::BTreeMap;
 use std::fs::File;

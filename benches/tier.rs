@@ -30,9 +30,6 @@
 //! The access log is formatted (to a sink), as in production. The whole run takes about a minute
 //! on a 2-core machine (3 minutes at most, or something is wrong).
 
-#[path = "../tests/support/mock_vapi.rs"]
-mod mock_vapi;
-
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;

@@ -6,11 +6,8 @@
 //! ```
 //!
 //! Any bearer token is accepted except `invalid-key`. The answers are the unredacted
-//! fixtures from `tests/fixtures/phone-numbers/`: every secret contains `PLANTED`.
-//! Serves until Ctrl-C.
-
-#[path = "../tests/support/mock_vapi.rs"]
-mod mock_vapi;
+//! fixtures of the `mock-vapi` crate (`tests/mock-vapi/fixtures/phone-numbers/`): every secret
+//! contains `PLANTED`. Serves until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -22,7 +22,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, filter, reload};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::LogFormat;
 use crate::credential::KeyId;
 use crate::log_writer::{BatchWriter, FlushGuard};
 
@@ -297,13 +297,13 @@ impl LogControl {
 /// request never waits on stdout; when stdout stalls long enough to fill its buffer, lines are
 /// dropped and counted rather than requests held up.
 /// `RUST_LOG`, when set, overrides `log.level` for operational logs; the access log is always on.
-pub fn init(config: &LogConfig) -> Result<(FlushGuard, LogControl), String> {
+pub fn init(format: LogFormat, level: &str) -> Result<(FlushGuard, LogControl), String> {
     let (writer, guard) =
         BatchWriter::new(std::io::stdout()).map_err(|e| format!("cannot start logging: {e}"))?;
     let writer_dropped = writer.dropped();
     let from_env = std::env::var_os("RUST_LOG").is_some();
     let ops_filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
+        .or_else(|_| EnvFilter::try_new(level))
         .map_err(|e| format!("invalid log filter: {e}"))?;
     let (ops_filter, handle) = reload::Layer::new(ops_filter);
     let set = Box::new(move |level: &str| {
@@ -320,7 +320,7 @@ pub fn init(config: &LogConfig) -> Result<(FlushGuard, LogControl), String> {
     let (access, ops): (
         Box<dyn Layer<Base> + Send + Sync>,
         Box<dyn Layer<WithAccess> + Send + Sync>,
-    ) = match config.format {
+    ) = match format {
         LogFormat::Json => (
             Box::new(AccessLayer::new(writer.clone()).with_filter(is_access)),
             Box::new(

@@ -32,7 +32,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, mut stop: watch:
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.live().config.server.header_timeout);
+        .header_read_timeout(state.startup.server.header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -83,7 +83,7 @@ where
         ("/metrics", true) => metrics(&state),
         ("/config", true) => {
             let text =
-                serde_json::to_vec(&state.live().config.to_masked_json()).unwrap_or_default();
+                serde_json::to_vec(&state.running_config().to_masked_json()).unwrap_or_default();
             json(StatusCode::OK, Bytes::from(text))
         }
         ("/cache/purge", _) if parts.method == Method::POST => {
@@ -107,7 +107,7 @@ where
 fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), Refused> {
     let live = state.live();
     let Some(token) = &live.config.admin_token else {
-        if live.config.admin_listen.ip().is_loopback() {
+        if state.startup.admin_listen.ip().is_loopback() {
             return Ok(());
         }
         return Err(Refused::NoTokenConfigured);

@@ -18,8 +18,9 @@ use crate::response::Body;
 const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PATCH, DELETE");
 const ALLOW_HEADERS: HeaderValue =
     HeaderValue::from_static("authorization, content-type, if-none-match, x-request-id");
-const EXPOSE_HEADERS: HeaderValue =
-    HeaderValue::from_static("x-cache, x-request-id, etag, age, retry-after");
+const EXPOSE_HEADERS: HeaderValue = HeaderValue::from_static(
+    "x-cache, cache-status, x-request-id, etag, age, retry-after, ratelimit, ratelimit-policy",
+);
 /// Browsers cap this (Chrome at 2 h); 10 minutes keeps preflights rare without pinning a policy.
 const MAX_AGE: HeaderValue = HeaderValue::from_static("600");
 

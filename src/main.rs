@@ -55,10 +55,11 @@ fn run(config_path: Option<&Path>) -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(EXIT_CONFIG, &error.to_string()),
     };
-    let (_log_guard, log_control) = match phonegate::access_log::init(&config.log) {
-        Ok(logging) => logging,
-        Err(error) => return fail(EXIT_CONFIG, &error),
-    };
+    let (_log_guard, log_control) =
+        match phonegate::access_log::init(config.startup.log_format, &config.live.log_level) {
+            Ok(logging) => logging,
+            Err(error) => return fail(EXIT_CONFIG, &error),
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,10 +1,12 @@
 //! Live reload (SIGHUP): apply a newly loaded configuration to a running phonegate.
 //!
-//! What can change live does (TTLs, limits, redaction policy, client tokens and the upstream key,
-//! CORS origins, log level); what cannot (listeners, TLS, the upstream client, connection and
-//! concurrency handling, cache size and key, stale windows) keeps its running value and is named in
-//! the outcome so the log can say a restart is needed. A new redaction policy starts a new policy
-//! generation: entries redacted under the old one are never served again and are dropped.
+//! A reload applies the [`LiveConfig`](crate::config::LiveConfig) part of the new configuration as
+//! one new snapshot (TTLs, budgets, redaction policy, client tokens and the upstream key, CORS
+//! origins, request bounds, admin token, log level). The
+//! [`StartupConfig`](crate::config::StartupConfig) part cannot change in a running process; the
+//! settings that differ are named in the outcome so the log can say a restart is needed. A new
+//! redaction policy starts a new policy generation: entries redacted under the old one are never
+//! served again and are dropped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,8 +19,9 @@ use crate::state::{AppState, Live};
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Settings that changed in the file or environment but only take effect after a restart.
-    pub restart_needed: Vec<&'static str>,
+    /// Start-up settings (dotted names) that changed in the file or environment but only take
+    /// effect after a restart.
+    pub restart_needed: Vec<String>,
     /// Whether the redaction policy changed (and the cache was emptied).
     pub policy_changed: bool,
     /// Whether the per-credential limits changed (budgets start afresh).
@@ -27,67 +30,31 @@ pub struct Outcome {
     pub new_log_level: Option<String>,
 }
 
-/// Applies `new` to `state`; returns what changed. On error nothing changed.
-pub fn apply(state: &AppState, mut new: Config) -> Result<Outcome, String> {
+/// Applies the live part of `new` to `state`; returns what changed. Its start-up part is only
+/// compared with the running one, to name what needs a restart. On error nothing changed.
+pub fn apply(state: &AppState, new: Config) -> Result<Outcome, String> {
     let current = state.live();
     let old = &current.config;
-    let mut outcome = Outcome::default();
-
-    // Restart-only settings keep their running values, so the snapshot always describes what
-    // actually runs.
-    macro_rules! keep {
-        ($name:literal, $($field:tt)+) => {
-            if new.$($field)+ != old.$($field)+ {
-                outcome.restart_needed.push($name);
-                new.$($field)+ = old.$($field)+.clone();
-            }
-        };
-    }
-    keep!("listen", listen);
-    keep!("admin.listen", admin_listen);
-    keep!("upstream.url", upstream.base_url);
-    keep!("upstream.timeout_ms", upstream.timeout);
-    keep!("upstream.max_body_bytes", upstream.max_body_bytes);
-    keep!("upstream.ca_path", upstream.ca_path);
-    keep!("upstream.max_in_flight", shield.max_in_flight);
-    keep!("upstream.queue_timeout_ms", shield.queue_timeout);
-    keep!("upstream.max_retry_after_secs", shield.max_retry_after);
-    keep!("upstream.breaker.failures", shield.breaker_failures);
-    keep!("upstream.breaker.open_secs", shield.breaker_open);
-    keep!("limits.max_tracked_keys", shield.max_tracked_keys);
-    keep!("cache.max_bytes", cache.max_bytes);
-    keep!("cache.key_secret", cache.key_secret);
-    keep!(
-        "cache.stale_while_revalidate_secs",
-        cache.stale_while_revalidate
-    );
-    keep!("cache.stale_if_error_secs", cache.stale_if_error);
-    keep!("log.format", log.format);
-    keep!("server.header_timeout_ms", server.header_timeout);
-    keep!("server.idle_timeout_ms", server.idle_timeout);
-    keep!("server.drain_timeout_ms", server.drain_timeout);
-    keep!("server.max_connections", server.max_connections);
-    keep!("redis", redis);
-    if tls_paths(&new) != tls_paths(old) {
-        outcome.restart_needed.push("tls");
-        new.tls = old.tls.clone();
-    }
-
-    outcome.policy_changed = new.redact != old.redact;
-    let s = (&new.shield, &old.shield);
-    outcome.limits_changed = s.0.misses_per_sec_per_key != s.1.misses_per_sec_per_key
-        || s.0.miss_burst != s.1.miss_burst
-        || s.0.requests_per_sec_per_key != s.1.requests_per_sec_per_key
-        || s.0.request_burst != s.1.request_burst
-        || s.0.upstream_requests_per_sec != s.1.upstream_requests_per_sec
-        || s.0.upstream_burst != s.1.upstream_burst;
-    if new.log.level != old.log.level {
-        outcome.new_log_level = Some(new.log.level.clone());
-    }
+    let restart_needed = state.running_config().restart_only_changes(&new);
+    let new = new.live;
+    let outcome = Outcome {
+        restart_needed,
+        policy_changed: new.redact != old.redact,
+        limits_changed: new.limits != old.limits,
+        new_log_level: (new.log_level != old.log_level).then(|| new.log_level.clone()),
+    };
 
     let generation = current.policy_generation + u64::from(outcome.policy_changed);
-    let live = Live::new(new, &state.fingerprinter, generation).map_err(|e| e.to_string())?;
-    let shield_config = live.config.shield.clone();
+    // Unchanged limits keep their budgets: a reload for another reason must not refill them.
+    let budgets = (!outcome.limits_changed).then(|| Arc::clone(&current.budgets));
+    let live = Live::new(
+        new,
+        &state.startup,
+        &state.fingerprinter,
+        generation,
+        budgets,
+    )
+    .map_err(|e| e.to_string())?;
     if outcome.policy_changed {
         // Fetches in flight under the old policy store nothing and take no new joiners;
         // invalidated before the new snapshot is visible so no request can pair the new
@@ -97,19 +64,7 @@ pub fn apply(state: &AppState, mut new: Config) -> Result<Outcome, String> {
     }
     state.store.extend_horizon(live.horizon());
     state.set_live(live);
-    if outcome.limits_changed {
-        state.shield.set_limits(&shield_config);
-    }
     Ok(outcome)
-}
-
-fn tls_paths(config: &Config) -> Option<(String, String)> {
-    config.tls.as_ref().map(|t| {
-        (
-            t.cert_path.display().to_string(),
-            t.key_path.display().to_string(),
-        )
-    })
 }
 
 /// Reloads the configuration file and environment on every SIGHUP. A configuration that does
@@ -190,7 +145,7 @@ mod tests {
         let live = s.live();
         assert_eq!(live.lifetimes.ok, Duration::from_secs(5), "TTL applied");
         assert_eq!(
-            live.config.listen,
+            s.startup.listen,
             "127.0.0.1:8080".parse().unwrap(),
             "listen kept"
         );
@@ -207,5 +162,56 @@ mod tests {
         let again = Config::from_toml("[redact]\nmode = \"remove\"\n").unwrap();
         assert!(!apply(&s, again).unwrap().policy_changed);
         assert_eq!(s.live().policy_generation, 1);
+    }
+
+    #[test]
+    fn start_up_settings_are_named_by_key_and_never_applied() {
+        let s = state("[cache]\nkey_secret = \"0123456789abcdef-one\"\n");
+        let new = Config::from_toml(
+            "[cache]\nkey_secret = \"0123456789abcdef-two\"\nmax_bytes = 1024\nttl_secs = 7\n\
+             [server]\nidle_timeout_ms = 1234\nrequest_timeout_ms = 4321\n\
+             [tls]\ncert_path = \"/c.pem\"\nkey_path = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let outcome = apply(&s, new).unwrap();
+        let mut names = outcome.restart_needed.clone();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "cache.key_secret",
+                "cache.max_bytes",
+                "server.idle_timeout_ms",
+                "tls.cert_path",
+                "tls.key_path"
+            ]
+        );
+        let running = s.running_config();
+        assert_eq!(
+            running.startup.store.max_bytes, 268_435_456,
+            "max_bytes kept"
+        );
+        assert!(running.startup.tls.is_none(), "TLS kept off");
+        assert_eq!(
+            running.live.freshness.ttl,
+            Duration::from_secs(7),
+            "TTL applied"
+        );
+        assert_eq!(running.live.requests.timeout, Duration::from_millis(4321));
+    }
+
+    #[test]
+    fn budgets_survive_a_reload_unless_the_limits_change() {
+        let s = state("");
+        let before = Arc::clone(&s.live().budgets);
+        apply(&s, Config::from_toml("[cache]\nttl_secs = 9\n").unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&before, &s.live().budgets), "same budgets");
+        let outcome = apply(
+            &s,
+            Config::from_toml("[cache]\nttl_secs = 9\n[limits]\nmiss_burst = 3\n").unwrap(),
+        )
+        .unwrap();
+        assert!(outcome.limits_changed);
+        assert!(!Arc::ptr_eq(&before, &s.live().budgets), "new budgets");
     }
 }

@@ -1,7 +1,7 @@
 //! How phonegate's responses look: cached answers, conditional requests, errors, and the headers
 //! every response carries.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
@@ -18,6 +18,9 @@ pub type Body = Full<Bytes>;
 
 /// Response header telling how the cache took part: `hit` or `miss`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// RFC 9211 response header: how the cache handled the request, in the standard vocabulary.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Request and response header carrying the request id.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -63,6 +66,51 @@ impl CacheStatus {
             CacheStatus::Bypass => Some(HeaderValue::from_static("bypass")),
             CacheStatus::None => None,
         }
+    }
+}
+
+/// What an answer's RFC 9211 `Cache-Status` reports; filled in by the request phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheReport {
+    /// A fresh hit's remaining freshness (`ttl`).
+    pub fresh_for: Option<Duration>,
+    /// A miss whose answer was stored (`stored`).
+    pub stored: bool,
+    /// A miss that waited for another request's fetch (`collapsed`).
+    pub collapsed: bool,
+    /// Why a stale answer was served (`detail`).
+    pub stale_reason: Option<&'static str>,
+}
+
+impl CacheReport {
+    /// The `Cache-Status` value for an answer the cache took part in as `cache`:
+    /// `phonegate; hit; ttl=58`, `phonegate; fwd=uri-miss; stored`, `phonegate; hit; fwd=stale;
+    /// detail=revalidating`, `phonegate; fwd=bypass`. `None` when the request never reached the
+    /// cache. Nothing in it names a key or a credential.
+    pub fn header(&self, cache: CacheStatus) -> Option<HeaderValue> {
+        let value = match cache {
+            CacheStatus::Hit => {
+                let ttl = self.fresh_for.unwrap_or_default().as_secs();
+                format!("phonegate; hit; ttl={ttl}")
+            }
+            CacheStatus::Stale => match self.stale_reason {
+                Some(reason) => format!("phonegate; hit; fwd=stale; detail={reason}"),
+                None => "phonegate; hit; fwd=stale".to_owned(),
+            },
+            CacheStatus::Miss => {
+                let mut value = String::from("phonegate; fwd=uri-miss");
+                if self.stored {
+                    value.push_str("; stored");
+                }
+                if self.collapsed {
+                    value.push_str("; collapsed");
+                }
+                value
+            }
+            CacheStatus::Bypass => return Some(HeaderValue::from_static("phonegate; fwd=bypass")),
+            CacheStatus::None => return None,
+        };
+        HeaderValue::from_str(&value).ok()
     }
 }
 
@@ -163,7 +211,6 @@ fn strip_weak(tag: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn entry() -> Entry {
         Entry {
@@ -228,5 +275,55 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(r.headers()[CONTENT_LENGTH], "8");
+    }
+
+    #[test]
+    fn cache_status_speaks_rfc_9211() {
+        let value = |report: CacheReport, cache| {
+            report.header(cache).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let hit = CacheReport {
+            fresh_for: Some(Duration::from_millis(58_900)),
+            ..CacheReport::default()
+        };
+        assert_eq!(
+            value(hit, CacheStatus::Hit).as_deref(),
+            Some("phonegate; hit; ttl=58")
+        );
+        let stored = CacheReport {
+            stored: true,
+            ..CacheReport::default()
+        };
+        assert_eq!(
+            value(stored, CacheStatus::Miss).as_deref(),
+            Some("phonegate; fwd=uri-miss; stored")
+        );
+        let joined = CacheReport {
+            stored: true,
+            collapsed: true,
+            ..CacheReport::default()
+        };
+        assert_eq!(
+            value(joined, CacheStatus::Miss).as_deref(),
+            Some("phonegate; fwd=uri-miss; stored; collapsed")
+        );
+        assert_eq!(
+            value(CacheReport::default(), CacheStatus::Miss).as_deref(),
+            Some("phonegate; fwd=uri-miss"),
+            "not stored (a 5xx, a zero TTL)"
+        );
+        let stale = CacheReport {
+            stale_reason: Some("upstream_5xx"),
+            ..CacheReport::default()
+        };
+        assert_eq!(
+            value(stale, CacheStatus::Stale).as_deref(),
+            Some("phonegate; hit; fwd=stale; detail=upstream_5xx")
+        );
+        assert_eq!(
+            value(CacheReport::default(), CacheStatus::Bypass).as_deref(),
+            Some("phonegate; fwd=bypass")
+        );
+        assert_eq!(value(CacheReport::default(), CacheStatus::None), None);
     }
 }

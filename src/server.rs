@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::proxy;
 use crate::state::AppState;
 use crate::tls;
@@ -78,15 +78,15 @@ pub struct Server {
 impl Server {
     /// Builds the state and binds both listeners (port 0 picks a free port, as tests do).
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let tls = match &config.tls {
+        let tls = match &config.startup.tls {
             Some(t) => Some(TlsAcceptor::from(Arc::new(
                 tls::server_config(&t.cert_path, &t.key_path)
                     .map_err(|e| StartError::Config(e.to_string()))?,
             ))),
             None => None,
         };
-        let listen = config.listen;
-        let admin_listen = config.admin_listen;
+        let listen = config.startup.listen;
+        let admin_listen = config.startup.admin_listen;
         let state = AppState::new(config).map_err(|e| StartError::Config(e.to_string()))?;
         let listener = TcpListener::bind(listen)
             .await
@@ -144,8 +144,8 @@ impl Server {
             admin_stop_rx,
         ));
         // Connection handling is fixed at start; a reload does not change it.
-        let config = state.live().config.clone();
-        let protocols = Arc::new(Protocols::new(&config));
+        let config = &state.startup;
+        let protocols = Arc::new(Protocols::new(&config.server));
         let connections = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.server.max_connections));
         if let Ok(addr) = listener.local_addr() {
@@ -213,15 +213,15 @@ struct Protocols {
 }
 
 impl Protocols {
-    fn new(config: &Config) -> Self {
-        let header_timeout = config.server.header_timeout;
+    fn new(config: &ServerConfig) -> Self {
+        let header_timeout = config.header_timeout;
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true)
             .max_buf_size(MAX_HEADER_BYTES)
             .max_header_size(MAX_HEADER_BYTES);
-        let idle_timeout = config.server.idle_timeout;
+        let idle_timeout = config.idle_timeout;
         // Pings at half the idle timeout find a dead peer (no PING ack) before the connection
         // would have been closed for idleness anyway.
         let ping = (idle_timeout / 2).max(Duration::from_millis(500));

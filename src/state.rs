@@ -6,17 +6,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 
 use crate::auth::Authenticator;
 use crate::cache::store::View;
 use crate::cache::{Lifetimes, Store};
 use crate::clock::Clock;
-use crate::config::{Config, Secret};
+use crate::config::{Config, LiveConfig, Secret, StartupConfig};
 use crate::cors::Cors;
 use crate::credential::Fingerprinter;
 use crate::metrics::Metrics;
 use crate::redact::Policy;
-use crate::shield::Shield;
+use crate::shield::{Budgets, Shield, headers};
 use crate::tier::Tier;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
@@ -25,8 +26,10 @@ use crate::upstream::Upstream;
 /// it should only ever expire when its holder vanished.
 const FILL_LOCK_MARGIN: Duration = Duration::from_secs(1);
 
-/// Shared state: the live settings, cache, upstream client, shield, metrics.
+/// Shared state: the settings, cache, upstream client, shield, metrics.
 pub struct AppState {
+    /// The settings fixed at start-up; a reload never changes them.
+    pub startup: StartupConfig,
     /// Settings and what is derived from them; replaced whole by a reload.
     live: ArcSwap<Live>,
     /// Redacted answers by (resource, credential), in memory and, optionally, in Redis; and the
@@ -48,8 +51,12 @@ pub struct AppState {
 /// The settings a request reads, and what is built from them, as one consistent snapshot: a
 /// request loads it once, so a reload never shows it half old, half new.
 pub struct Live {
-    /// The validated settings.
-    pub config: Config,
+    /// The settings a reload applies.
+    pub config: LiveConfig,
+    /// The budgets `config.limits` describe.
+    pub budgets: Arc<Budgets>,
+    /// The `RateLimit-Policy` header for those budgets; `None` when no per-credential one is on.
+    pub rate_policy: Option<HeaderValue>,
     /// The redaction policy.
     pub policy: Policy,
     /// Its [`Policy::identity`]: shared-tier entries are filed under it.
@@ -82,19 +89,29 @@ impl Live {
             .saturating_add(l.stale_window())
     }
 
-    /// Builds the snapshot for `config`, whose redaction policy is generation `policy_generation`.
+    /// Builds the snapshot for `config` running beside `startup`; its redaction policy is
+    /// generation `policy_generation`, and its budgets are `budgets` (new ones unless a reload
+    /// left `limits.*` as they were).
     pub fn new(
-        config: Config,
+        config: LiveConfig,
+        startup: &StartupConfig,
         fingerprinter: &Fingerprinter,
         policy_generation: u64,
+        budgets: Option<Arc<Budgets>>,
     ) -> Result<Self, StateError> {
         let lifetimes = Lifetimes {
-            ok: config.cache.ttl,
-            not_found: config.cache.negative_ttl,
-            list: config.cache.list_ttl,
-            stale_while_revalidate: config.cache.stale_while_revalidate,
-            stale_if_error: config.cache.stale_if_error,
+            ok: config.freshness.ttl,
+            not_found: config.freshness.negative_ttl,
+            list: config.freshness.list_ttl,
+            stale_while_revalidate: startup.store.stale_while_revalidate,
+            stale_if_error: startup.store.stale_if_error,
         };
+        let budgets = budgets.unwrap_or_else(|| {
+            Arc::new(Budgets::new(
+                &config.limits,
+                startup.shield.max_tracked_keys,
+            ))
+        });
         let auth = Authenticator::new(&config.auth, fingerprinter).map_err(StateError::Auth)?;
         let policy = config.redact.policy();
         Ok(Live {
@@ -104,6 +121,8 @@ impl Live {
             auth,
             cors: Cors::new(&config.cors_allowed_origins),
             policy_generation,
+            rate_policy: headers::policy(&config.limits),
+            budgets,
             config,
         })
     }
@@ -138,30 +157,30 @@ impl std::error::Error for StateError {}
 impl AppState {
     /// Builds the shared state from validated settings.
     pub fn new(config: Config) -> Result<Arc<Self>, StateError> {
-        let upstream = Upstream::new(&config.upstream).map_err(StateError::Tls)?;
+        let Config { startup, live } = config;
+        let upstream = Upstream::new(&startup.upstream).map_err(StateError::Tls)?;
         let fingerprinter =
-            Fingerprinter::new(config.cache.key_secret.as_ref().map(Secret::expose))
+            Fingerprinter::new(startup.store.key_secret.as_ref().map(Secret::expose))
                 .map_err(|e| StateError::Random(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
         let clock = Clock::default();
         // Longer than one upstream call may take (queue wait plus exchange): fill locks and
         // the shared cool-down probe only expire when their holder vanished.
-        let fill_lock = config.shield.queue_timeout + config.upstream.timeout + FILL_LOCK_MARGIN;
-        let tier = match &config.redis {
+        let fill_lock = startup.shield.queue_timeout + startup.upstream.timeout + FILL_LOCK_MARGIN;
+        let tier = match &startup.redis {
             Some(redis) => Some(Arc::new(
                 Tier::new(redis, fill_lock, Arc::clone(&metrics)).map_err(StateError::Redis)?,
             )),
             None => None,
         };
-        let shield = Shield::new(&config.shield, tier.clone(), fill_lock);
-        let stale_window = config
-            .cache
+        let shield = Shield::new(&startup.shield, tier.clone(), fill_lock);
+        let stale_window = startup
+            .store
             .stale_while_revalidate
-            .max(config.cache.stale_if_error);
-        let max_bytes = config.cache.max_bytes;
-        let live = Live::new(config, &fingerprinter, 0)?;
+            .max(startup.store.stale_if_error);
+        let live = Live::new(live, &startup, &fingerprinter, 0, None)?;
         let store = Store::new(
-            max_bytes,
+            startup.store.max_bytes,
             stale_window,
             live.horizon(),
             tier,
@@ -169,6 +188,7 @@ impl AppState {
             clock.clone(),
         );
         Ok(Arc::new(AppState {
+            startup,
             live: ArcSwap::from_pointee(live),
             store,
             upstream,
@@ -183,6 +203,14 @@ impl AppState {
     /// The current settings snapshot.
     pub fn live(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+
+    /// The configuration running now: the start-up part and the current live part.
+    pub fn running_config(&self) -> Config {
+        Config {
+            startup: self.startup.clone(),
+            live: self.live().config.clone(),
+        }
     }
 
     /// Replaces the settings snapshot (see [`crate::reload`]).

@@ -101,8 +101,8 @@ impl Lifetimes {
 /// Where an entry stands at a given moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staleness {
-    /// Within its TTL: a hit.
-    Fresh,
+    /// Within its TTL, for this much longer: a hit.
+    Fresh(Duration),
     /// Past its TTL but within stale-while-revalidate: serve it and refresh in the background.
     Revalidate,
     /// Past that, but within stale-if-error: only a stand-in when the upstream fails.
@@ -154,7 +154,7 @@ impl Entry {
         let fresh = self.fresh_for.min(current);
         let age = now.saturating_duration_since(self.stored_at);
         if age < fresh {
-            Staleness::Fresh
+            Staleness::Fresh(fresh - age)
         } else if age < fresh.saturating_add(lifetimes.stale_while_revalidate) {
             Staleness::Revalidate
         } else if age < fresh.saturating_add(lifetimes.stale_if_error) {
@@ -361,7 +361,10 @@ mod tests {
         let e = entry("a", Duration::from_secs(10));
         let r = Resource::PhoneNumber(Uuid::from_u128(1));
         let at = |s: u64| e.stored_at + Duration::from_secs(s);
-        assert_eq!(e.staleness(at(9), &lifetimes, &r), Staleness::Fresh);
+        assert_eq!(
+            e.staleness(at(9), &lifetimes, &r),
+            Staleness::Fresh(Duration::from_secs(1))
+        );
         assert_eq!(e.staleness(at(10), &lifetimes, &r), Staleness::Revalidate);
         assert_eq!(e.staleness(at(39), &lifetimes, &r), Staleness::Revalidate);
         assert_eq!(e.staleness(at(40), &lifetimes, &r), Staleness::IfError);

@@ -37,6 +37,10 @@ pub struct Fetched {
     pub shared: bool,
     /// Whose miss budget the fetch was charged to (a refusal by it is that caller's only).
     pub charged: Option<crate::credential::Fingerprint>,
+    /// Whether the answer was stored in the cache (RFC 9211 `stored`).
+    pub stored: bool,
+    /// What was left of `charged`'s miss budget after this fetch took its unit.
+    pub misses: Option<crate::shield::Remaining>,
 }
 
 /// This replica's memory and its invalidation record; what the tier's listener invalidates.
@@ -345,7 +349,8 @@ impl Fill {
     /// Stores the answer (when cacheable) if the entry was not invalidated since the fill
     /// began, and releases the fill lock. A 401 or 403 drops what the credential could read
     /// before, here and in the shared tier.
-    pub async fn finish(mut self, result: &Result<Arc<Entry>, ProxyError>) {
+    /// Returns whether it was stored in this replica's memory.
+    pub async fn finish(mut self, result: &Result<Arc<Entry>, ProxyError>) -> bool {
         let entry = match result {
             Ok(entry) if entry.is_cacheable() => entry,
             Ok(entry)
@@ -357,19 +362,25 @@ impl Fill {
                     shared.tier.forget(&shared.keys).await;
                     shared.tier.release(&shared.keys, &shared.token).await;
                 }
-                return;
+                return false;
             }
             _ => {
                 if let Some(shared) = self.shared.take() {
                     shared.tier.release(&shared.keys, &shared.token).await;
                 }
-                return;
+                return false;
             }
         };
-        self.store_local(entry);
-        let Some(shared) = self.shared.take() else {
-            return;
-        };
+        let stored = self.store_local(entry);
+        if let Some(shared) = self.shared.take() {
+            self.store_shared(shared, entry).await;
+        }
+        stored
+    }
+
+    /// Files `entry` in Redis if this replica saw no invalidation since the fill began, and
+    /// releases the fill lock either way.
+    async fn store_shared(&self, shared: SharedFill, entry: &Arc<Entry>) {
         let current = self
             .store
             .memory
@@ -407,17 +418,21 @@ impl Fill {
 
     /// Check, insert, check again: an invalidation landing between the first check and the
     /// insert takes the entry back out (and lookups would not serve it anyway).
-    fn store_local(&self, entry: &Arc<Entry>) {
+    /// Stores `entry` in this replica's memory unless it was invalidated since the fill began;
+    /// returns whether it stayed stored.
+    fn store_local(&self, entry: &Arc<Entry>) -> bool {
         let memory = &self.store.memory;
         if !memory.generations.is_current(&self.key, self.stamp) {
             self.store.metrics.tier.fill_refused("l1");
-            return;
+            return false;
         }
         memory
             .l1
             .insert(self.key.clone(), Arc::clone(entry), self.stamp);
         if !memory.generations.is_current(&self.key, self.stamp) {
             memory.l1.invalidate(&self.key);
+            return false;
         }
+        true
     }
 }

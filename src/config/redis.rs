@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, Secret, invalid, millis, non_empty, positive_ms};
+use super::mask::Show;
+use super::validate::{millis, non_empty, positive_ms};
+use super::{ConfigError, Secret, invalid};
 
 /// Longest `redis.prefix`: it is repeated in every key.
 const MAX_PREFIX_LEN: usize = 64;
@@ -70,8 +72,8 @@ impl RedisConfig {
         self.urls.iter().map(|u| mask_url(u.expose())).collect()
     }
 
-    /// The section as JSON, secrets masked.
-    pub(super) fn to_masked_json(this: Option<&RedisConfig>) -> serde_json::Value {
+    /// The section as JSON, secrets shown as `show` says.
+    pub(super) fn render(this: Option<&RedisConfig>, show: Show) -> serde_json::Value {
         use serde_json::json;
         match this {
             None => json!({
@@ -81,11 +83,16 @@ impl RedisConfig {
                 "prefix": null,
             }),
             Some(c) => json!({
-                "url": c.masked_urls().join(","),
+                "url": match show {
+                    Show::Masked => json!(c.masked_urls().join(",")),
+                    Show::Digest => show.secret(Some(&Secret::new(
+                        c.urls.iter().map(Secret::expose).collect::<Vec<_>>().join(","),
+                    ))),
+                },
                 "cluster": c.cluster,
                 "timeout_ms": c.timeout.as_millis() as u64,
                 "prefix": c.prefix,
-                "password_file": if c.password.is_some() { json!("(set)") } else { json!(null) },
+                "password_file": show.secret(c.password.as_ref()),
                 "ca_path": c.ca_path.as_ref().map(|p| p.display().to_string()),
                 "fill_wait_ms": c.fill_wait.as_millis() as u64,
                 "breaker": {
@@ -229,7 +236,7 @@ mod tests {
     #[test]
     fn off_by_default() {
         let c = Config::from_toml("").unwrap();
-        assert!(c.redis.is_none());
+        assert!(c.startup.redis.is_none());
     }
 
     #[test]
@@ -240,7 +247,7 @@ mod tests {
         assert!(err.contains("cache.key_secret"), "{err}");
         let c = Config::from_toml(&format!("{KEY}[redis]\nurl = \"redis://127.0.0.1:6379\"\n"))
             .unwrap();
-        let r = c.redis.unwrap();
+        let r = c.startup.redis.unwrap();
         assert_eq!(r.timeout, Duration::from_millis(50));
         assert_eq!(r.prefix, "phonegate:");
         assert!(!r.cluster);
@@ -275,7 +282,7 @@ mod tests {
             "{KEY}[redis]\nurl = \"redis://:pw1@a:7000, redis://b:7001\"\ncluster = true\n"
         ))
         .unwrap();
-        let r = c.redis.as_ref().unwrap();
+        let r = c.startup.redis.as_ref().unwrap();
         assert_eq!(r.urls.len(), 2);
         assert_eq!(r.masked_urls()[0], "redis://:(hidden)@a:7000");
         let shown = format!("{:?} {}", c, c.to_masked_json());

@@ -89,7 +89,7 @@ impl Exchange<'_> {
                 state.shield.note_auth_failure(
                     upstream_key,
                     entry.status,
-                    live.config.cache.auth_failure_ttl,
+                    live.config.freshness.auth_failure_ttl,
                     state.clock.now(),
                 );
             }

@@ -47,8 +47,10 @@ use crate::cors::Preflight;
 use crate::credential::KeyId;
 use crate::error::ProxyError;
 use crate::metrics::RequestLabels;
-use crate::response::{self, Body, CacheStatus, X_REQUEST_ID};
+use crate::response::{self, Body, CACHE_STATUS, CacheReport, CacheStatus, X_REQUEST_ID};
 use crate::route::{self, Route};
+use crate::shield::Refusal;
+use crate::shield::headers::{BudgetReport, Policy, RATELIMIT, RATELIMIT_POLICY};
 use crate::state::{AppState, Live};
 
 /// How much longer than its own deadlines (queue wait plus upstream exchange) a caller waits for
@@ -67,9 +69,10 @@ pub struct RequestContext {
     client: Option<Arc<str>>,
     cache: CacheStatus,
     upstream: Option<Duration>,
-    coalesced: bool,
-    /// Why a stale answer was served, for the access log.
-    stale_reason: Option<&'static str>,
+    /// What `Cache-Status` reports (the access log's `coalesced` and `stale_reason` too).
+    report: CacheReport,
+    /// What the `RateLimit` header reports.
+    budgets: BudgetReport,
     /// Which cache tier answered (`l1`, `l2`), for the access log.
     tier: Option<&'static str>,
 }
@@ -89,8 +92,8 @@ where
         client: None,
         cache: CacheStatus::None,
         upstream: None,
-        coalesced: false,
-        stale_reason: None,
+        report: CacheReport::default(),
+        budgets: BudgetReport::default(),
         tier: None,
     };
     let head = parts.method == Method::HEAD;
@@ -99,21 +102,28 @@ where
         Preflight::Allowed => Ok(live.cors.preflight_response(&parts.headers)),
         Preflight::Refused => Err(ProxyError::OriginNotAllowed),
         Preflight::Absent => {
-            let deadline =
-                tokio::time::Instant::from_std(started) + live.config.server.request_timeout;
+            let deadline = tokio::time::Instant::from_std(started) + live.config.requests.timeout;
             serve(&state, &live, &parts, body, deadline, &mut ctx).await
         }
     };
     let metrics = &state.metrics;
     let (mut response, reason) = match outcome {
         Ok(response) => {
-            if let Some(why) = ctx.stale_reason {
+            if let Some(why) = ctx.report.stale_reason {
                 metrics.stale(why);
             }
-            (response, ctx.stale_reason)
+            (response, ctx.report.stale_reason)
         }
         Err(error) => {
             match error {
+                ProxyError::Refused(Refusal::RequestLimit(wait)) => {
+                    ctx.budgets.refused(Policy::Requests, wait);
+                    metrics.refusal(error.reason());
+                }
+                ProxyError::Refused(Refusal::MissLimit(wait)) => {
+                    ctx.budgets.refused(Policy::Misses, wait);
+                    metrics.refusal(error.reason());
+                }
                 ProxyError::FetcherVanished => tracing::error!(
                     request_id = ?ctx.request_id,
                     "upstream fetch task ended without an answer"
@@ -126,11 +136,21 @@ where
             (response::from_error(&error, head), Some(error.reason()))
         }
     };
-    if ctx.coalesced {
+    if ctx.report.collapsed {
         metrics.coalesced_wait();
     }
     let bytes = response.body().size_hint().exact().unwrap_or(0);
     response::finish(&mut response, ctx.request_id.clone());
+    let headers = response.headers_mut();
+    if let Some(value) = ctx.report.header(ctx.cache) {
+        headers.insert(CACHE_STATUS, value);
+    }
+    if let (Some(policy), Some(_)) = (&live.rate_policy, ctx.key_id) {
+        headers.insert(RATELIMIT_POLICY, policy.clone());
+        if let Some(value) = ctx.budgets.header() {
+            headers.insert(RATELIMIT, value);
+        }
+    }
     live.cors.decorate(&parts.headers, &mut response);
     let duration = started.elapsed();
     let route = ctx.route.unwrap_or("none");
@@ -154,7 +174,7 @@ where
         upstream: ctx.upstream,
         key_id: ctx.key_id,
         reason,
-        coalesced: ctx.coalesced,
+        coalesced: ctx.report.collapsed,
         tier: ctx.tier,
         bytes,
     });
@@ -195,9 +215,9 @@ where
             "this client may only write; reading needs the read scope",
         ));
     }
-    state
+    ctx.budgets.requests = state
         .shield
-        .check_request(&caller.limit_key)
+        .check_request(&live.budgets, &caller.limit_key)
         .await
         .map_err(ProxyError::Refused)?;
 

@@ -12,6 +12,7 @@ use super::{COALESCE_MARGIN, RequestContext, within};
 use crate::auth::Caller;
 use crate::cache::coalesce::{InFlight, Role};
 use crate::cache::{CacheKey, Entry, Fetched, Fill, Resource, Staleness};
+use crate::config::StartupConfig;
 use crate::credential::Fingerprint;
 use crate::error::ProxyError;
 use crate::response::{self, Body, CacheStatus};
@@ -72,8 +73,9 @@ pub(super) async fn read(
     }
     if let Some((entry, tier)) = found {
         match entry.staleness(state.clock.now(), &live.lifetimes, &lookup.key.resource) {
-            Staleness::Fresh => {
+            Staleness::Fresh(left) => {
                 ctx.cache = CacheStatus::Hit;
+                ctx.report.fresh_for = Some(left);
                 ctx.tier = Some(tier);
                 return Ok(respond(&entry, ctx.cache));
             }
@@ -81,7 +83,7 @@ pub(super) async fn read(
                 refresh_in_background(state, live, lookup);
                 ctx.cache = CacheStatus::Stale;
                 ctx.tier = Some(tier);
-                ctx.stale_reason = Some("revalidating");
+                ctx.report.stale_reason = Some("revalidating");
                 return Ok(respond(&entry, ctx.cache));
             }
             Staleness::IfError => stand_in = Some((entry, tier)),
@@ -98,7 +100,7 @@ pub(super) async fn read(
         if let Some(why) = upstream_failure(&result) {
             ctx.cache = CacheStatus::Stale;
             ctx.tier = Some(tier);
-            ctx.stale_reason = Some(why);
+            ctx.report.stale_reason = Some(why);
             return Ok(respond(&stale, ctx.cache));
         }
     }
@@ -140,11 +142,12 @@ async fn fetch(
             None => start_fetch(state, live, lookup.clone(), Some(limit_key)),
         };
         if role == Role::Follower {
-            ctx.coalesced = true;
+            ctx.report.collapsed = true;
         }
-        let wait = live.config.shield.queue_timeout
-            + live.config.upstream.timeout
-            + fill_wait(live)
+        let startup = &state.startup;
+        let wait = startup.shield.queue_timeout
+            + startup.upstream.timeout
+            + fill_wait(startup)
             + COALESCE_MARGIN;
         let fetched = match tokio::time::timeout(wait, inflight).await {
             Ok(Some(fetched)) => fetched,
@@ -156,14 +159,18 @@ async fn fetch(
         if let Err(ProxyError::Refused(Refusal::MissLimit(_))) = &fetched.result {
             if fetched.charged != Some(limit_key) && !retried {
                 retried = true;
-                ctx.coalesced = false;
+                ctx.report.collapsed = false;
                 continue;
             }
         }
         ctx.upstream = fetched.upstream;
+        if fetched.charged == Some(limit_key) {
+            ctx.budgets.misses = fetched.misses;
+        }
+        ctx.report.stored = fetched.stored;
         if fetched.shared {
             // Another replica fetched it for everyone; this request waited for that fetch.
-            ctx.coalesced = true;
+            ctx.report.collapsed = true;
         }
         return fetched.result;
     }
@@ -186,8 +193,8 @@ fn start_fetch(
 }
 
 /// How long a fetch may wait for another replica's fill before fetching itself.
-fn fill_wait(live: &Live) -> Duration {
-    live.config
+fn fill_wait(startup: &StartupConfig) -> Duration {
+    startup
         .redis
         .as_ref()
         .map_or(Duration::ZERO, |redis| redis.fill_wait)
@@ -223,11 +230,18 @@ async fn fetch_task(
             upstream: None,
             shared: true,
             charged: None,
+            stored: true,
+            misses: None,
         };
     }
     let pass = match state
         .shield
-        .admit(charge.as_ref(), &lookup.key.credential, state.clock.now())
+        .admit(
+            &live.budgets,
+            charge.as_ref(),
+            &lookup.key.credential,
+            state.clock.now(),
+        )
         .await
     {
         Ok(pass) => pass,
@@ -239,6 +253,8 @@ async fn fetch_task(
                 upstream: None,
                 shared: false,
                 charged: charge,
+                stored: false,
+                misses: None,
             };
         }
     };
@@ -247,6 +263,7 @@ async fn fetch_task(
         not_found: live.lifetimes.not_found,
     };
     let path = lookup.key.resource.upstream_path();
+    let misses = pass.misses();
     let (result, upstream) = Exchange {
         method: Method::GET,
         path: &path,
@@ -259,11 +276,13 @@ async fn fetch_task(
     }
     .run(&state, &live)
     .await;
-    fill.finish(&result).await;
+    let stored = fill.finish(&result).await;
     Fetched {
         result,
         upstream,
         shared: false,
         charged: charge,
+        stored,
+        misses,
     }
 }

@@ -69,12 +69,14 @@ where
     let pass = state
         .shield
         .admit(
+            &live.budgets,
             Some(&caller.limit_key),
             &caller.upstream_key,
             state.clock.now(),
         )
         .await
         .map_err(ProxyError::Refused)?;
+    ctx.budgets.misses = pass.misses();
     // The exchange runs as its own task: if the caller hangs up mid-write, the write still
     // completes upstream, so the invalidation below must still happen.
     let task_state = Arc::clone(state);
@@ -154,7 +156,7 @@ where
             "the content-type must be application/json",
         ));
     }
-    let limit = live.config.server.max_request_body_bytes;
+    let limit = live.config.requests.max_body_bytes;
     // A declared length over the cap is refused before the body is touched: hyper sends
     // `100 Continue` only once the body is polled, so a client that asked first gets the 413 at
     // once instead of being invited to upload what will be refused.

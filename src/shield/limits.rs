@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
@@ -35,11 +36,31 @@ impl StateStore for BoundedStore {
     }
 }
 
+/// What is left of a budget after a unit was taken: what the `RateLimit` header reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remaining {
+    /// Units that may still be taken at once.
+    pub units: u32,
+    /// How long until the whole burst is available again.
+    pub full_in: Duration,
+}
+
+impl Remaining {
+    /// `units` left of a `burst` refilled at `per_sec` a second.
+    pub(crate) fn of(units: u32, burst: u32, per_sec: u32) -> Self {
+        let missing = burst.saturating_sub(units);
+        Remaining {
+            units,
+            full_in: Duration::from_secs_f64(f64::from(missing) / f64::from(per_sec.max(1))),
+        }
+    }
+}
+
 /// A rate limit per credential.
 pub(crate) struct KeyedLimiter {
     per_sec: u32,
     burst: u32,
-    limiter: RateLimiter<Fingerprint, BoundedStore, DefaultClock>,
+    limiter: RateLimiter<Fingerprint, BoundedStore, DefaultClock, StateInformationMiddleware>,
     clock: DefaultClock,
     #[cfg(test)]
     states: Cache<Fingerprint, Arc<InMemoryState>>,
@@ -87,10 +108,12 @@ impl KeyedLimiter {
         self.burst
     }
 
-    /// Takes one unit of `key`'s budget, or says how long until one is available.
-    pub(crate) fn check(&self, key: &Fingerprint) -> Result<(), Duration> {
+    /// Takes one unit of `key`'s budget and says what is left, or how long until one is
+    /// available.
+    pub(crate) fn check(&self, key: &Fingerprint) -> Result<Remaining, Duration> {
         self.limiter
             .check_key(key)
+            .map(|state| Remaining::of(state.remaining_burst_capacity(), self.burst, self.per_sec))
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
@@ -189,11 +212,11 @@ mod tests {
     }
 
     #[test]
-    fn a_million_random_credentials_keep_memory_bounded() {
+    fn twenty_times_the_cap_in_random_credentials_keeps_memory_bounded() {
         let f = Fingerprinter::new(None).unwrap();
         let cap = 10_000;
         let limiter = KeyedLimiter::new(20, 40, cap).unwrap();
-        for i in 0..1_000_000u64 {
+        for i in 0..20 * cap {
             let _ = limiter.check(&key(&f, i));
         }
         let tracked = limiter.tracked_keys();

@@ -11,23 +11,24 @@
 
 pub(crate) mod breaker;
 pub(crate) mod cooldown;
+pub(crate) mod headers;
 pub(crate) mod limits;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::Entry;
-use crate::config::ShieldConfig;
+use crate::config::{LimitsConfig, ShieldConfig};
 use crate::credential::Fingerprint;
 use crate::error::ProxyError;
 use crate::tier::Tier;
 use breaker::{Admission, Breaker};
 use cooldown::{Cooldowns, Gate};
 use limits::KeyedLimiter;
+pub(crate) use limits::Remaining;
 
 /// Why the shield refused a call; each becomes a 429 or 503 with `Retry-After` (or stale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,14 @@ pub struct Pass {
     breaker: Admission,
     cooldown_probe: bool,
     shared_probe: bool,
+    misses: Option<Remaining>,
+}
+
+impl Pass {
+    /// What is left of the miss budget this call was charged to; `None` when none was.
+    pub fn misses(&self) -> Option<Remaining> {
+        self.misses
+    }
 }
 
 /// What an upstream call said about the upstream's health.
@@ -87,25 +96,28 @@ impl Health {
     }
 }
 
-/// The budgets; replaced whole when a reload changes `limits.*`.
-struct Limiters {
+/// The budgets `limits.*` describe. They belong to the settings snapshot
+/// ([`crate::state::Live`]), so a request checks the budgets of the settings it runs under; a
+/// reload that changes `limits.*` builds new ones (starting afresh), any other reload keeps them.
+pub struct Budgets {
     misses: Option<KeyedLimiter>,
     requests: Option<KeyedLimiter>,
     upstream: Option<limits::DirectLimiter>,
 }
 
-impl Limiters {
-    fn new(config: &ShieldConfig) -> Self {
-        Limiters {
+impl Budgets {
+    /// Budgets for `config`, tracking at most `max_tracked_keys` credentials each.
+    pub fn new(config: &LimitsConfig, max_tracked_keys: u64) -> Self {
+        Budgets {
             misses: KeyedLimiter::new(
                 config.misses_per_sec_per_key,
                 config.miss_burst,
-                config.max_tracked_keys,
+                max_tracked_keys,
             ),
             requests: KeyedLimiter::new(
                 config.requests_per_sec_per_key,
                 config.request_burst,
-                config.max_tracked_keys,
+                max_tracked_keys,
             ),
             upstream: limits::DirectLimiter::new(
                 config.upstream_requests_per_sec,
@@ -119,7 +131,6 @@ impl Limiters {
 pub struct Shield {
     breaker: Breaker,
     cooldowns: Cooldowns,
-    limiters: ArcSwap<Limiters>,
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     max_retry_after: Duration,
@@ -143,7 +154,6 @@ impl Shield {
         Shield {
             breaker: Breaker::new(config.breaker_failures, config.breaker_open),
             cooldowns: Cooldowns::new(config.max_retry_after, config.max_tracked_keys),
-            limiters: ArcSwap::from_pointee(Limiters::new(config)),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             queue_timeout: config.queue_timeout,
             max_retry_after: config.max_retry_after,
@@ -183,7 +193,7 @@ impl Shield {
         limiter: &KeyedLimiter,
         key: &Fingerprint,
         kind: char,
-    ) -> Result<(), Duration> {
+    ) -> Result<Remaining, Duration> {
         if let Some(tier) = &self.tier {
             if let Some(verdict) = tier
                 .take(key, kind, limiter.per_sec(), limiter.burst())
@@ -197,18 +207,23 @@ impl Shield {
 
     /// The all-requests budget of the caller's limit key, checked for every request (hits
     /// included) when enabled.
-    pub async fn check_request(&self, key: &Fingerprint) -> Result<(), Refusal> {
-        let limiters = self.limiters.load();
-        match &limiters.requests {
+    /// Returns what is left of it; `None` when it is off.
+    pub async fn check_request(
+        &self,
+        budgets: &Budgets,
+        key: &Fingerprint,
+    ) -> Result<Option<Remaining>, Refusal> {
+        match &budgets.requests {
             Some(limiter) => self
                 .take(limiter, key, 'r')
                 .await
+                .map(Some)
                 .map_err(Refusal::RequestLimit),
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 
-    /// Admits one upstream call: the caller's miss budget (keyed by `charge`, the caller's limit
+    /// Admits one upstream call: the caller's miss budget in `budgets` (keyed by `charge`, the caller's limit
     /// key; `None` charges nothing), then the cool-down of `upstream_key` (the credential the call
     /// will use upstream), then the breaker.
     ///
@@ -216,6 +231,7 @@ impl Shield {
     /// budget, but they still respect the cool-down and the breaker.
     pub async fn admit(
         &self,
+        budgets: &Budgets,
         charge: Option<&Fingerprint>,
         upstream_key: &Fingerprint,
         now: Instant,
@@ -230,11 +246,13 @@ impl Shield {
                 });
             }
         }
-        let limiters = self.limiters.load_full();
-        if let (Some(limiter), Some(key)) = (&limiters.misses, charge) {
-            self.take(limiter, key, 'm')
-                .await
-                .map_err(Refusal::MissLimit)?;
+        let mut misses = None;
+        if let (Some(limiter), Some(key)) = (&budgets.misses, charge) {
+            misses = Some(
+                self.take(limiter, key, 'm')
+                    .await
+                    .map_err(Refusal::MissLimit)?,
+            );
         }
         // A cool-down this replica saw itself holds even while Redis is away.
         let cooldown_probe = match self.cooldowns.check(upstream_key, now) {
@@ -242,7 +260,7 @@ impl Shield {
             Gate::Probe => true,
             Gate::Cooling(left) => return Err(Refusal::CoolingDown(left)),
         };
-        if let Some(limiter) = &limiters.upstream {
+        if let Some(limiter) = &budgets.upstream {
             let verdict = match &self.tier {
                 Some(tier) => tier
                     .take_upstream(limiter.per_sec(), limiter.burst())
@@ -275,12 +293,14 @@ impl Shield {
                 breaker,
                 cooldown_probe,
                 shared_probe,
+                misses,
             }),
             Err(left) => {
                 let pass = Pass {
                     breaker: Admission::Normal,
                     cooldown_probe,
                     shared_probe,
+                    misses,
                 };
                 // Give the probes back so the next caller can take them when the breaker allows.
                 self.release(upstream_key, pass).await;
@@ -344,11 +364,6 @@ impl Shield {
                 tier.release_probe(key).await;
             }
         }
-    }
-
-    /// Applies new `limits.*` rates (a reload). Budgets start afresh under the new rates.
-    pub fn set_limits(&self, config: &ShieldConfig) {
-        self.limiters.store(Arc::new(Limiters::new(config)));
     }
 
     /// The breaker's state.

@@ -33,6 +33,7 @@ use crate::config::RedisConfig;
 use crate::credential::{Fingerprint, KeyId};
 use crate::metrics::Metrics;
 use crate::shield::breaker::{Breaker, BreakerState};
+use crate::shield::limits::Remaining;
 use keys::{EntryKeys, Keys};
 use scripts::Scripts;
 
@@ -610,19 +611,27 @@ impl Tier {
         kind: char,
         per_sec: u32,
         burst: u32,
-    ) -> Option<Result<(), Duration>> {
+    ) -> Option<Result<Remaining, Duration>> {
         self.gcra(self.keys.budget(credential, kind), per_sec, burst)
             .await
     }
 
     /// One unit of the budget for all upstream requests together, shared by every replica.
     pub async fn take_upstream(&self, per_sec: u32, burst: u32) -> Option<Result<(), Duration>> {
-        self.gcra(self.keys.upstream_budget(), per_sec, burst).await
+        let verdict = self
+            .gcra(self.keys.upstream_budget(), per_sec, burst)
+            .await?;
+        Some(verdict.map(|_| ()))
     }
 
-    async fn gcra(&self, key: String, per_sec: u32, burst: u32) -> Option<Result<(), Duration>> {
+    async fn gcra(
+        &self,
+        key: String,
+        per_sec: u32,
+        burst: u32,
+    ) -> Option<Result<Remaining, Duration>> {
         if per_sec == 0 {
-            return Some(Ok(()));
+            return Some(Ok(Remaining::of(burst, burst, 1)));
         }
         let mut conn = self.conn.clone();
         let interval_ms = 1000.0 / f64::from(per_sec);
@@ -631,9 +640,13 @@ impl Tier {
             .key(key)
             .arg(format!("{interval_ms:.6}"))
             .arg(burst.max(1));
-        let wait: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+        let (wait, left, full_ms): (i64, i64, i64) =
+            self.run(invocation.invoke_async(&mut conn)).await?;
         Some(if wait <= 0 {
-            Ok(())
+            Ok(Remaining {
+                units: u32::try_from(left).unwrap_or(0),
+                full_in: Duration::from_millis(u64::try_from(full_ms).unwrap_or(0)),
+            })
         } else {
             Err(Duration::from_millis(u64::try_from(wait).unwrap_or(1)))
         })

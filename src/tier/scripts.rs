@@ -27,8 +27,9 @@ pub(super) struct Scripts {
     /// they live as long as the phone numbers and credentials that were written, and Redis must
     /// evict with a `volatile-*` policy (entries have expiries, counters do not).
     pub bump: Script,
-    /// KEYS: budget. ARGV: emission interval (ms), burst. GCRA on Redis's clock: 0 when allowed,
-    /// else the milliseconds until a unit is available.
+    /// KEYS: budget. ARGV: emission interval (ms), burst. GCRA on Redis's clock:
+    /// `{0, units left, ms until the burst is full again}` when allowed, else `{ms until a unit
+    /// is available, 0, 0}`.
     pub gcra: Script,
     /// KEYS: cool-down, probe. ARGV: probe lease (ms). `{1, 0}` open, `{0, ms}` cooling,
     /// `{2, 0}` this caller is the one probe.
@@ -95,10 +96,11 @@ local tolerance = interval * (tonumber(ARGV[2]) - 1)
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local allow_at = tat - tolerance
-if now < allow_at then return math.max(1, math.ceil(allow_at - now)) end
+if now < allow_at then return {math.max(1, math.ceil(allow_at - now)), 0, 0} end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
+local left = math.floor((now + tolerance - new_tat) / interval) + 1
+return {0, math.max(0, left), math.ceil(new_tat - now)}
 ",
             ),
             cooldown_check: Script::new(

@@ -1,16 +1,15 @@
 //! The admin API: cache purges (by id, by key_id, all; with and without `admin.token`, on
 //! loopback and not), `/config` masking, and request-id handling end to end.
 
-
 use std::sync::Arc;
 
+use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID};
+use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, get_with, path};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use phonegate::config::Config;
 use phonegate::state::AppState;
-use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID};
-use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, get_with, path};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 

@@ -1,9 +1,8 @@
 //! Bad input: every malformed request gets a 4xx JSON error and the upstream never hears of it.
 
-
-use http::{Method, StatusCode};
 use crate::support::mock_vapi::TWILIO_ID;
 use crate::support::{MockVapi, Proxy, TOKEN_A, get, get_with, path, raw, raw_body, raw_status};
+use http::{Method, StatusCode};
 
 async fn setup() -> (MockVapi, Proxy) {
     let mock = MockVapi::start().await;

@@ -1,19 +1,18 @@
 //! The real `phonegate` binary: configuration layers and start-up errors, the JSON access log on
 //! stdout, readiness, and graceful shutdown on SIGTERM.
 
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
+use crate::support::{Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, path, send};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use crate::support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
-use crate::support::{Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, path, send};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phonegate");
@@ -420,13 +419,15 @@ async fn a_missing_or_bad_config_file_stops_start_up_with_exit_64() {
     assert!(message.contains("log.format"), "{message}");
     assert!(message.contains("xml-please"), "{message}");
 
-    let file2 = crate::support::temp_file("binary", "bad-type.toml", "[cache]\nttl_secs = \"later\"\n");
+    let file2 =
+        crate::support::temp_file("binary", "bad-type.toml", "[cache]\nttl_secs = \"later\"\n");
     let arg2 = file2.to_str().expect("utf-8 temp path");
     let (message, _) = start_failure(&["--config", arg2], &[]).await;
     assert!(message.contains("cache.ttl_secs"), "{message}");
     assert!(message.contains("later"), "{message}");
 
-    let file3 = crate::support::temp_file("binary", "unknown-key.toml", "[cache]\nttl_seconds = 5\n");
+    let file3 =
+        crate::support::temp_file("binary", "unknown-key.toml", "[cache]\nttl_seconds = 5\n");
     let arg3 = file3.to_str().expect("utf-8 temp path");
     let (message, _) = start_failure(&["--config", arg3], &[]).await;
     assert!(message.contains("ttl_seconds"), "{message}");

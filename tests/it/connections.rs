@@ -1,15 +1,14 @@
 //! Client connection handling: the header timeout against silent, dribbling and half-preface
 //! clients (and that they cannot starve real traffic), oversized request heads, keep-alive.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VONAGE_ID};
+use crate::support::{MockVapi, Proxy, TOKEN_A, get, path};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VONAGE_ID};
-use crate::support::{MockVapi, Proxy, TOKEN_A, get, path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

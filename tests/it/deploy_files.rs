@@ -2,17 +2,25 @@
 //! `PHONEGATE__...` name is a setting the binary accepts, the ConfigMap and example TOML files pass
 //! phonegate's own validation, ports and probe paths agree with what the listeners serve, the
 //! termination grace periods cover the drain, and the Dockerfile and systemd unit use the binary's
-//! real flags, variables and exit codes. The `kubernetes-replicas-with-redis` overlay is built the way
-//! kustomize would (resources plus strategic-merge patches, for the fields it uses) and checked the
-//! same way, plus its Redis: the URL in its Secret template reaches the Redis Service with the
-//! password the Redis requires. Nothing here needs Docker, a cluster, Redis or systemd: the YAML,
-//! Dockerfile and unit files are read with small line-based parsers (no YAML crate), the binary
-//! is run only as `check-config`, and Redis is never connected to (its URLs are only validated).
+//! real flags, variables and exit codes. The `kubernetes-replicas-with-redis` overlay is built the
+//! way kustomize would (resources plus strategic-merge patches, for the fields it uses) and checked
+//! the same way, plus its Redis: the URL in its Secret template reaches the Redis Service with the
+//! password the Redis requires.
+//!
+//! The manifests are parsed by `serde_norway` into [`Doc`]s: a `serde_norway::Value` typed as the
+//! API server types it (`optional: true` is a boolean, `containerPort: 8080` a number, an env
+//! `value` a string), with the file it came from, walked with dotted paths
+//! (`c.str("readinessProbe.httpGet.path")`) by accessors that fail naming the file and the path.
+//! The overlay's patches go through a small strategic merge on those values. The Dockerfile, the
+//! systemd unit and the environment files are line formats, each read in a few lines; Cargo.toml
+//! is read with the `config` crate's TOML support. Nothing here needs Docker, a cluster, Redis or
+//! systemd: the binary is run only as `check-config`, and Redis is never connected to (its URLs
+//! are only validated).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -21,18 +29,16 @@ use http::{Request, StatusCode};
 use http_body_util::{Empty, Full};
 use phonegate::config::Config;
 use phonegate::state::AppState;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_norway::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_phonegate");
 
 const DOCKERFILE: &str = "deploy/Dockerfile";
-const KUSTOMIZATION: &str = "deploy/kubernetes/kustomization.yaml";
 const DEPLOYMENT: &str = "deploy/kubernetes/deployment.yaml";
 const SERVICE: &str = "deploy/kubernetes/service.yaml";
 const CONFIGMAP: &str = "deploy/kubernetes/configmap.yaml";
 const SECRET: &str = "deploy/kubernetes/secret.example.yaml";
-const HPA: &str = "deploy/kubernetes/hpa.yaml";
-const PDB: &str = "deploy/kubernetes/pdb.yaml";
 const UNIT: &str = "deploy/systemd/phonegate.service";
 const SYSTEMD_TOML: &str = "deploy/systemd/phonegate.toml";
 const SYSTEMD_ENV: &str = "deploy/systemd/phonegate.env.example";
@@ -47,6 +53,17 @@ const PLACEHOLDER: &str = "0123456789abcdef0123456789abcdef";
 /// Value used for `redis.url` where a file gives none. Only ever validated, never connected to.
 const REDIS_URL_PLACEHOLDER: &str = "redis://:0123456789abcdef@127.0.0.1:6379/0";
 
+type Env = HashMap<String, String>;
+
+/// What stands in for an optional Secret key a template lacks (None: the variable stays unset).
+type Fill<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Missing optional Secret keys leave their variables unset, as Kubernetes does.
+const UNSET: Fill = &|_| None;
+
+/// Missing optional Secret keys are given a valid placeholder.
+const FILLED: Fill = &|name| Some(placeholder_for(name));
+
 /// The placeholder for the setting `name` (see [`PLACEHOLDER`]).
 fn placeholder_for(name: &str) -> String {
     match name {
@@ -57,24 +74,18 @@ fn placeholder_for(name: &str) -> String {
 
 /// Settings `name` cannot be checked without: `redis.url` requires `cache.key_secret`, and the
 /// other `redis.*` settings are only validated when `redis.url` is set.
-fn companions(name: &str) -> HashMap<String, String> {
-    let mut env = HashMap::new();
+fn companions(name: &str) -> Env {
+    let mut env = Env::new();
     if name.starts_with("PHONEGATE__REDIS__") {
-        env.insert(
-            "PHONEGATE__CACHE__KEY_SECRET".to_owned(),
-            PLACEHOLDER.to_owned(),
-        );
+        env.insert("PHONEGATE__CACHE__KEY_SECRET".into(), PLACEHOLDER.into());
         if name != "PHONEGATE__REDIS__URL" {
-            env.insert(
-                "PHONEGATE__REDIS__URL".to_owned(),
-                REDIS_URL_PLACEHOLDER.to_owned(),
-            );
+            env.insert("PHONEGATE__REDIS__URL".into(), REDIS_URL_PLACEHOLDER.into());
         }
     }
     env
 }
 
-// ---- reading files ----
+// ---- files, configurations and the binary ----
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,55 +95,48 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: cannot read: {e}"))
 }
 
-/// Every file under `deploy/`, as paths relative to the repository root.
-fn deploy_files() -> Vec<String> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push(path);
-            }
+/// The entries of `dir` (with `deep`, the files below it), sorted, as paths from the repository root.
+fn files(dir: &str, deep: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root().join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let rel = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
+        match deep && root().join(&rel).is_dir() {
+            true => out.extend(files(&rel, true)),
+            false => out.push(rel),
         }
     }
-    let mut files = Vec::new();
-    walk(&root().join("deploy"), &mut files);
-    let mut rel: Vec<String> = files
-        .iter()
-        .map(|p| {
-            p.strip_prefix(root())
-                .expect("under the root")
-                .to_string_lossy()
-                .replace('\\', "/")
-        })
-        .collect();
-    rel.sort();
-    rel
+    out.sort();
+    out
 }
 
 /// A unique temp file holding `contents`.
-fn temp_file(name: &str, contents: &str) -> PathBuf {
+fn temp_file(contents: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!(
-        "phonegate-deploy-{}-{n}-{name}",
-        std::process::id()
-    ));
+    let name = format!("phonegate-deploy-{}-{n}.toml", std::process::id());
+    let path = std::env::temp_dir().join(name);
     std::fs::write(&path, contents).expect("write temp file");
     path
 }
 
-/// Loads `toml` (as a file layer) with exactly `env` as the environment.
-fn load(file: &str, toml: &str, env: &HashMap<String, String>) -> Config {
-    let path = temp_file("layer.toml", toml);
+/// Loads `toml` (as a file layer) with exactly `env` as the environment; `what` names the source.
+fn load(what: &str, toml: &str, env: &Env) -> Config {
+    let path = temp_file(toml);
     let result = Config::load_with_env(Some(&path), Some(env.clone()));
     std::fs::remove_file(&path).ok();
-    result.unwrap_or_else(|e| panic!("{file}: phonegate refuses this configuration: {e}"))
+    result.unwrap_or_else(|e| panic!("{what}: phonegate refuses this configuration: {e}"))
 }
 
-/// Runs the real binary with `args`, no inherited phonegate settings, and `env`.
-fn run_binary(args: &[String], env: &HashMap<String, String>) -> Output {
+/// Whether phonegate accepts `env` alone as its environment (Err: why not).
+fn accepts(env: Env) -> Result<(), String> {
+    Config::load_with_env(None, Some(env))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the real binary with `args`, no inherited phonegate settings, and `env`; with `toml`,
+/// as the container starts it: that in the file PHONEGATE_CONFIG names.
+fn run(args: &[&str], env: &Env, toml: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -140,468 +144,260 @@ fn run_binary(args: &[String], env: &HashMap<String, String>) -> Output {
             cmd.env_remove(&key);
         }
     }
-    cmd.args(args)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run the phonegate binary")
+    cmd.args(args).envs(env).stdin(Stdio::null());
+    let file = toml.map(temp_file);
+    if let Some(file) = &file {
+        cmd.env("PHONEGATE_CONFIG", file);
+    }
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output();
+    if let Some(file) = file {
+        std::fs::remove_file(file).ok();
+    }
+    out.expect("run the phonegate binary")
 }
 
-// ---- a YAML subset: block mappings and sequences, scalars, `|` block scalars, `[a, b]` ----
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
 
-mod yaml {
-    use serde_json::{Map, Value};
+// ---- YAML, through serde_norway ----
 
-    /// The documents of `text`. Scalars become strings (no type guessing), empty values null.
-    /// Panics on anything outside the subset the deploy manifests use, rather than misreading it.
-    pub fn parse(file: &str, text: &str) -> Vec<Value> {
-        let mut docs = vec![Vec::new()];
-        for line in text.lines() {
-            if line.trim_end() == "---" {
-                docs.push(Vec::new());
-            } else {
-                docs.last_mut().expect("a document").push(line.to_owned());
-            }
-        }
-        docs.into_iter()
-            .filter_map(|lines| {
-                let mut p = Parser {
-                    file,
-                    lines,
-                    pos: 0,
-                };
-                p.peek()?;
-                let doc = p.node(0);
-                if let Some((_, rest)) = p.peek() {
-                    panic!("{file}: unparsed YAML at line {}: {rest:?}", p.pos + 1);
-                }
-                Some(doc)
-            })
-            .collect()
-    }
+/// A YAML value and the file it came from, walked with dotted paths of mapping keys (absent and
+/// null alike). Every accessor but [`Doc::get`] fails naming the file and the path.
+#[derive(Clone, Debug)]
+struct Doc {
+    file: String,
+    v: Value,
+}
 
-    struct Parser<'a> {
-        file: &'a str,
-        lines: Vec<String>,
-        pos: usize,
-    }
-
-    fn indent(line: &str) -> usize {
-        line.len() - line.trim_start_matches(' ').len()
-    }
-
-    fn is_item(text: &str) -> bool {
-        text == "-" || text.starts_with("- ")
-    }
-
-    /// Splits `key: rest` at the first colon outside quotes that ends the line or precedes a space.
-    fn split_key(text: &str) -> Option<(&str, &str)> {
-        let mut quote = None;
-        for (i, c) in text.char_indices() {
-            match (quote, c) {
-                (None, '"' | '\'') => quote = Some(c),
-                (Some(q), c) if c == q => quote = None,
-                (None, '#') if i == 0 || text[..i].ends_with(' ') => return None,
-                (None, ':') if text[i + 1..].is_empty() || text[i + 1..].starts_with(' ') => {
-                    return Some((text[..i].trim(), &text[i + 1..]));
-                }
-                _ => {}
-            }
-        }
-        None
-    }
-
-    fn strip_comment(text: &str) -> &str {
-        let mut quote = None;
-        for (i, c) in text.char_indices() {
-            match (quote, c) {
-                (None, '"' | '\'') => quote = Some(c),
-                (Some(q), c) if c == q => quote = None,
-                (None, '#') if i == 0 || text[..i].ends_with(' ') => return text[..i].trim_end(),
-                _ => {}
-            }
-        }
-        text.trim_end()
-    }
-
-    fn unquote(text: &str) -> String {
-        let t = text.trim();
-        if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') {
-            t[1..t.len() - 1]
-                .replace("\\\"", "\"")
-                .replace("\\n", "\n")
-                .replace("\\\\", "\\")
-        } else if t.len() >= 2 && t.starts_with('\'') && t.ends_with('\'') {
-            t[1..t.len() - 1].replace("''", "'")
-        } else {
-            t.to_owned()
-        }
-    }
-
-    fn scalar(file: &str, text: &str) -> Value {
-        let t = strip_comment(text).trim();
-        match t {
-            "" | "~" | "null" => Value::Null,
-            "{}" => Value::Object(Map::new()),
-            "[]" => Value::Array(Vec::new()),
-            _ if t.starts_with('[') && t.ends_with(']') => Value::Array(
-                t[1..t.len() - 1]
-                    .split(',')
-                    .map(|item| Value::String(unquote(item)))
-                    .collect(),
-            ),
-            _ if t.starts_with('{') || t.starts_with('&') || t.starts_with('*') => {
-                panic!("{file}: flow mappings, anchors and aliases are not supported: {t:?}")
-            }
-            _ => Value::String(unquote(t)),
-        }
-    }
-
-    impl Parser<'_> {
-        /// The next meaningful line: (indent, trimmed text), skipping blanks and comments.
-        fn peek(&mut self) -> Option<(usize, String)> {
-            while let Some(line) = self.lines.get(self.pos) {
-                let t = line.trim();
-                if t.is_empty() || t.starts_with('#') {
-                    self.pos += 1;
-                } else {
-                    return Some((indent(line), t.to_owned()));
-                }
-            }
-            None
-        }
-
-        fn node(&mut self, min_indent: usize) -> Value {
-            match self.peek() {
-                Some((ind, text)) if ind >= min_indent => {
-                    if is_item(&text) {
-                        self.seq(ind)
-                    } else {
-                        self.map(ind)
-                    }
-                }
-                _ => Value::Null,
-            }
-        }
-
-        fn seq(&mut self, ind: usize) -> Value {
-            let mut items = Vec::new();
-            while let Some((i, text)) = self.peek() {
-                if i < ind || (i == ind && !is_item(&text)) {
-                    break;
-                }
-                assert!(
-                    i == ind,
-                    "{}: unexpected indentation at line {}: {text:?}",
-                    self.file,
-                    self.pos + 1
-                );
-                let rest = text[1..].trim_start();
-                if rest.is_empty() {
-                    self.pos += 1;
-                    items.push(self.node(ind + 1));
-                } else if split_key(rest).is_some() {
-                    // `- key: value` opens a mapping whose keys sit at the column of `key`.
-                    let col = ind + (text.len() - rest.len());
-                    self.lines[self.pos] = format!("{}{rest}", " ".repeat(col));
-                    items.push(self.map(col));
-                } else {
-                    self.pos += 1;
-                    items.push(scalar(self.file, rest));
-                }
-            }
-            Value::Array(items)
-        }
-
-        fn map(&mut self, ind: usize) -> Value {
-            let mut map = Map::new();
-            while let Some((i, text)) = self.peek() {
-                if i < ind || (i == ind && is_item(&text)) {
-                    break;
-                }
-                assert!(
-                    i == ind,
-                    "{}: unexpected indentation at line {}: {text:?}",
-                    self.file,
-                    self.pos + 1
-                );
-                let (key, rest) = split_key(&text).unwrap_or_else(|| {
-                    panic!(
-                        "{}: expected `key: value` at line {}: {text:?}",
-                        self.file,
-                        self.pos + 1
-                    )
-                });
-                let (key, rest) = (unquote(key), strip_comment(rest).trim().to_owned());
-                self.pos += 1;
-                let value = if rest.starts_with('|') {
-                    self.block(ind, &rest)
-                } else if rest.starts_with('>') {
-                    panic!(
-                        "{}: folded block scalars are not supported ({key})",
-                        self.file
-                    )
-                } else if rest.is_empty() {
-                    match self.peek() {
-                        Some((i2, t2)) if i2 > ind || (i2 == ind && is_item(&t2)) => self.node(ind),
-                        _ => Value::Null,
-                    }
-                } else {
-                    scalar(self.file, &rest)
-                };
-                assert!(
-                    map.insert(key.clone(), value).is_none(),
-                    "{}: duplicate key {key}",
-                    self.file
-                );
-            }
-            Value::Object(map)
-        }
-
-        /// A literal block scalar (`|`, `|-`, `|+`) under a key at indent `ind`.
-        fn block(&mut self, ind: usize, header: &str) -> Value {
-            let mut raw = Vec::new();
-            while let Some(line) = self.lines.get(self.pos) {
-                if line.trim().is_empty() || indent(line) > ind {
-                    raw.push(line.clone());
-                    self.pos += 1;
-                } else {
-                    break;
-                }
-            }
-            let block_indent = raw
-                .iter()
-                .find(|l| !l.trim().is_empty())
-                .map(|l| indent(l))
-                .unwrap_or(0);
-            let text = raw
-                .iter()
-                .map(|l| l.get(block_indent..).unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let body = text.trim_end_matches('\n');
-            Value::String(match &header[1..] {
-                "" => format!("{body}\n"),
-                "-" => body.to_owned(),
-                "+" => format!("{text}\n"),
-                other => panic!("{}: block scalar header |{other} not supported", self.file),
-            })
-        }
+fn doc(file: &str, v: &Value) -> Doc {
+    Doc {
+        file: file.to_owned(),
+        v: v.clone(),
     }
 }
 
-/// The one document of a manifest file.
-fn manifest(file: &str) -> Value {
-    let mut docs = yaml::parse(file, &read(file));
+/// The documents of the YAML file `file` (empty ones skipped).
+fn docs(file: &str) -> Vec<Doc> {
+    let text = read(file);
+    let mut docs = Vec::new();
+    for de in serde_norway::Deserializer::from_str(&text) {
+        let v = Value::deserialize(de).unwrap_or_else(|e| panic!("{file}: invalid YAML: {e}"));
+        docs.extend((!v.is_null()).then(|| doc(file, &v)));
+    }
+    docs
+}
+
+/// The one document of `file`, an object of `kind`.
+fn manifest(file: &str, kind: &str) -> Doc {
+    let mut docs = docs(file);
     assert_eq!(docs.len(), 1, "{file}: expected exactly one YAML document");
-    docs.pop().expect("one document")
+    let doc = docs.remove(0);
+    assert_eq!(doc.str("kind"), kind, "{file}: kind");
+    doc
 }
 
-/// The value at `path` (object keys, or array indices) in a document from `file`.
-fn at<'a>(file: &str, v: &'a Value, path: &[&str]) -> &'a Value {
-    let mut cur = v;
-    for (n, seg) in path.iter().enumerate() {
-        let next = match cur {
-            Value::Object(map) => map.get(*seg),
-            Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
-            _ => None,
-        };
-        cur = next.unwrap_or_else(|| panic!("{file}: missing {}", path[..=n].join(".")));
+impl Doc {
+    fn get(&self, path: &str) -> Option<&Value> {
+        let mut keys = path.split('.').filter(|key| !key.is_empty());
+        let v = keys.try_fold(&self.v, |v, key| v.get(key));
+        v.filter(|v| !v.is_null())
     }
-    cur
+
+    /// The value at `path` as `T`, or a failure naming the file, the path and what it should be.
+    fn typed<'a, T>(&'a self, path: &str, as_t: fn(&'a Value) -> Option<T>, want: &str) -> T {
+        let v = self
+            .get(path)
+            .unwrap_or_else(|| panic!("{}: no {path}", self.file));
+        as_t(v).unwrap_or_else(|| panic!("{}: {path} is {v:?}, not {want}", self.file))
+    }
+
+    fn at(&self, path: &str) -> Doc {
+        doc(&self.file, self.typed(path, Some, "present"))
+    }
+
+    fn opt(&self, path: &str) -> Option<Doc> {
+        self.get(path).map(|v| doc(&self.file, v))
+    }
+
+    fn str(&self, path: &str) -> &str {
+        self.typed(path, Value::as_str, "a string")
+    }
+
+    fn u64(&self, path: &str) -> u64 {
+        self.typed(path, Value::as_u64, "a whole number")
+    }
+
+    /// A boolean; false when absent, as Kubernetes defaults `optional`.
+    fn flag(&self, path: &str) -> bool {
+        self.get(path).is_some() && self.typed(path, Value::as_bool, "a boolean")
+    }
+
+    /// The items of the list at `path`; none when absent.
+    fn list(&self, path: &str) -> Vec<Doc> {
+        let Some(_) = self.get(path) else {
+            return Vec::new();
+        };
+        let items = self.typed(path, Value::as_sequence, "a list");
+        items.iter().map(|v| doc(&self.file, v)).collect()
+    }
+
+    /// The item of the list at `path` whose `name` is `name`.
+    fn named(&self, path: &str, name: &str) -> Doc {
+        let mut items = self.list(path).into_iter();
+        let found = items.find(|i| i.get("name") == Some(&name.into()));
+        found.unwrap_or_else(|| panic!("{}: no {path} item named {name:?}", self.file))
+    }
+
+    /// A mapping of strings (labels, selectors, annotations, data).
+    fn map(&self, path: &str) -> BTreeMap<String, String> {
+        let map = self.typed(path, Value::as_mapping, "a mapping");
+        let pair =
+            |(k, v): (&Value, &Value)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned()));
+        let pairs: Option<BTreeMap<_, _>> = map.iter().map(pair).collect();
+        pairs.unwrap_or_else(|| panic!("{}: {path} is not all strings", self.file))
+    }
+
+    /// Whether this is the object of `kind` named `name`.
+    fn is(&self, kind: &str, name: &str) -> bool {
+        self.get("kind") == Some(&kind.into()) && self.get("metadata.name") == Some(&name.into())
+    }
+
+    /// A port of the container this is: a number, or the name of one of its `ports`.
+    fn port(&self, port: &Value) -> u16 {
+        let n = match port.as_str() {
+            Some(name) => self.named("ports", name).u64("containerPort"),
+            None => port.as_u64().unwrap_or(u64::MAX),
+        };
+        u16::try_from(n).unwrap_or_else(|_| panic!("{}: {port:?} is not a port", self.file))
+    }
+
+    /// A Kubernetes quantity of bytes (`512Mi`, `1G`, `1000`).
+    fn bytes(&self, path: &str) -> u64 {
+        let v = self.typed(path, Some, "bytes");
+        let n = v.as_u64().or_else(|| scaled(v.as_str()?, &K8S_UNITS));
+        n.unwrap_or_else(|| panic!("{}: {path} = {v:?} is not bytes", self.file))
+    }
 }
 
-fn text_at<'a>(file: &str, v: &'a Value, path: &[&str]) -> &'a str {
-    at(file, v, path)
-        .as_str()
-        .unwrap_or_else(|| panic!("{file}: {} is not a scalar", path.join(".")))
-}
+/// The units of Kubernetes quantities of bytes (`512Mi`).
+const K8S_UNITS: [(&str, u64); 7] = [
+    ("Ki", 1 << 10),
+    ("Mi", 1 << 20),
+    ("Gi", 1 << 30),
+    ("k", 1000),
+    ("K", 1000),
+    ("M", 1_000_000),
+    ("G", 1_000_000_000),
+];
 
-fn num_at(file: &str, v: &Value, path: &[&str]) -> u64 {
-    let t = text_at(file, v, path);
-    t.parse()
-        .unwrap_or_else(|_| panic!("{file}: {} = {t:?} is not a number", path.join(".")))
-}
+/// The units of redis.conf memory sizes (`256mb`).
+const REDIS_UNITS: [(&str, u64); 7] = [
+    ("gb", 1 << 30),
+    ("mb", 1 << 20),
+    ("kb", 1 << 10),
+    ("g", 1_000_000_000),
+    ("m", 1_000_000),
+    ("k", 1000),
+    ("b", 1),
+];
 
-fn items<'a>(file: &str, v: &'a Value, path: &[&str]) -> &'a [Value] {
-    at(file, v, path)
-        .as_array()
-        .unwrap_or_else(|| panic!("{file}: {} is not a list", path.join(".")))
-}
-
-/// The element of a list whose `name` is `name`.
-fn named<'a>(file: &str, list: &'a [Value], name: &str, what: &str) -> &'a Value {
-    list.iter()
-        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
-        .unwrap_or_else(|| panic!("{file}: no {what} named {name:?}"))
-}
-
-fn string_map(file: &str, v: &Value, path: &[&str]) -> BTreeMap<String, String> {
-    at(file, v, path)
-        .as_object()
-        .unwrap_or_else(|| panic!("{file}: {} is not a mapping", path.join(".")))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-        .collect()
+/// `text`, a number with one of the suffixes of `units` or none, times the suffix's factor.
+fn scaled(text: &str, units: &[(&str, u64)]) -> Option<u64> {
+    let mut units = units.iter().chain(&[("", 1)]);
+    units.find_map(|(suffix, n)| Some(text.strip_suffix(suffix)?.parse::<u64>().ok()? * n))
 }
 
 // ---- the Kubernetes objects ----
 
-fn deployment() -> Value {
-    let d = manifest(DEPLOYMENT);
-    assert_eq!(
-        text_at(DEPLOYMENT, &d, &["kind"]),
-        "Deployment",
-        "{DEPLOYMENT}: kind"
-    );
-    d
+fn deployment() -> Doc {
+    manifest(DEPLOYMENT, "Deployment")
 }
 
-fn pod_spec(d: &Value) -> &Value {
-    at(DEPLOYMENT, d, &["spec", "template", "spec"])
+/// The `phonegate` container of the Deployment `d`.
+fn container(d: &Doc) -> Doc {
+    d.named("spec.template.spec.containers", "phonegate")
 }
 
-/// The `phonegate` container.
-fn container(d: &Value) -> &Value {
-    named(
-        DEPLOYMENT,
-        items(DEPLOYMENT, pod_spec(d), &["containers"]),
-        "phonegate",
-        "container",
-    )
+/// The Secret template `file`: its name and its `stringData`.
+fn secret(file: &str) -> (String, BTreeMap<String, String>) {
+    let s = manifest(file, "Secret");
+    (s.str("metadata.name").to_owned(), s.map("stringData"))
 }
 
-/// The Secret template's `stringData`.
-fn secret_data() -> BTreeMap<String, String> {
-    secret_data_of(SECRET)
+/// Keys shown commented out in a Secret template (`# key: value`): documented optional keys.
+fn commented_secret_keys(file: &str) -> BTreeSet<String> {
+    let text = read(file);
+    let comments = text.lines().filter_map(|l| l.trim().strip_prefix('#'));
+    let pairs = comments.filter_map(|l| l.trim().split_once(": "));
+    let keys = pairs.filter(|(key, value)| {
+        let plain = key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        plain && !key.is_empty() && !value.trim().is_empty()
+    });
+    keys.map(|(key, _)| key.to_owned()).collect()
 }
 
-/// `stringData` of the Secret template `file`.
-fn secret_data_of(file: &str) -> BTreeMap<String, String> {
-    let s = manifest(file);
-    assert_eq!(text_at(file, &s, &["kind"]), "Secret", "{file}: kind");
-    string_map(file, &s, &["stringData"])
-}
-
-/// The container's environment as the pod gets it: literal values, and Secret references resolved
-/// from the Secret template (an `optional` reference to a key the template lacks leaves the
-/// variable unset, as Kubernetes does).
-fn pod_env(d: &Value) -> HashMap<String, String> {
-    pod_env_with(d, &|_| None)
-}
-
-/// Like [`pod_env`], with `fill(variable)` for optional Secret keys the template lacks.
-fn pod_env_with(d: &Value, fill: &dyn Fn(&str) -> Option<String>) -> HashMap<String, String> {
-    container_env(DEPLOYMENT, container(d), SECRET, fill)
-}
-
-/// The environment of container `c` (from `file`), Secret references resolved from the template
-/// `secret_file`; `fill(variable)` stands in for optional keys the template lacks (None: unset).
-fn container_env(
-    file: &str,
-    c: &Value,
-    secret_file: &str,
-    fill: &dyn Fn(&str) -> Option<String>,
-) -> HashMap<String, String> {
-    let secret = manifest(secret_file);
-    let secret_name = text_at(secret_file, &secret, &["metadata", "name"]);
-    let data = secret_data_of(secret_file);
-    let mut env = HashMap::new();
-    let vars = match c.get("env") {
-        Some(_) => items(file, c, &["env"]),
-        None => &[],
-    };
-    for var in vars {
-        let name = text_at(file, var, &["name"]);
-        let value = if let Some(v) = var.get("value") {
-            v.as_str().unwrap_or_default().to_owned()
-        } else {
-            let r = at(file, var, &["valueFrom", "secretKeyRef"]);
-            let (sname, key) = (text_at(file, r, &["name"]), text_at(file, r, &["key"]));
-            assert_eq!(
-                sname, secret_name,
-                "{file}: env {name} reads Secret {sname:?}, but {secret_file} is {secret_name:?}"
-            );
-            let optional = r.get("optional").and_then(Value::as_str) == Some("true");
-            match (data.get(key), optional) {
-                (Some(value), _) => value.clone(),
-                (None, true) => match fill(name) {
+/// The environment of the container `c` as its pod gets it: literal values, and Secret references
+/// resolved from the template `secret_file`, `fill` standing in for optional keys it lacks.
+fn container_env(c: &Doc, secret_file: &str, fill: Fill) -> Env {
+    let (secret_name, data) = secret(secret_file);
+    let mut env = Env::new();
+    for var in c.list("env") {
+        let name = var.str("name");
+        let value = match var.opt("valueFrom.secretKeyRef") {
+            None => var.str("value").to_owned(),
+            Some(r) => {
+                let (file, key) = (&c.file, r.str("key"));
+                let other = r.str("name") != secret_name;
+                assert!(
+                    !other,
+                    "{file}: env {name} reads another Secret than {secret_file}"
+                );
+                let value = data.get(key).cloned();
+                let optional = r.flag("optional");
+                assert!(
+                    optional || value.is_some(),
+                    "{file}: {key} is not in {secret_file}"
+                );
+                match value.or_else(|| fill(name)) {
                     Some(value) => value,
                     None => continue,
-                },
-                (None, false) => {
-                    panic!("{file}: env {name} reads key {key:?}, absent from {secret_file}")
                 }
             }
         };
         assert!(
-            env.insert(name.to_owned(), value).is_none(),
-            "{file}: env {name} set twice"
+            env.insert(name.into(), value).is_none(),
+            "{}: {name} set twice",
+            c.file
         );
     }
     env
 }
 
+/// The base pods' environment.
+fn pod_env(fill: Fill) -> Env {
+    container_env(&container(&deployment()), SECRET, fill)
+}
+
 /// The `phonegate.toml` embedded in the ConfigMap.
 fn configmap_toml() -> String {
-    let cm = manifest(CONFIGMAP);
-    assert_eq!(
-        text_at(CONFIGMAP, &cm, &["kind"]),
-        "ConfigMap",
-        "{CONFIGMAP}: kind"
-    );
-    text_at(CONFIGMAP, &cm, &["data", "phonegate.toml"]).to_owned()
+    let data = manifest(CONFIGMAP, "ConfigMap").map("data");
+    data.get("phonegate.toml")
+        .expect("configmap.yaml has phonegate.toml")
+        .clone()
 }
 
-/// What a pod runs with: defaults, the ConfigMap's file, the Deployment's environment.
-fn pod_config(d: &Value) -> Config {
-    load(
-        &format!("{CONFIGMAP} with the env of {DEPLOYMENT}"),
-        &configmap_toml(),
-        &pod_env(d),
-    )
+/// What a base pod runs with: defaults, the ConfigMap's file, the Deployment's environment.
+fn pod_config() -> Config {
+    let what = format!("{CONFIGMAP} with the env of {DEPLOYMENT}");
+    load(&what, &configmap_toml(), &pod_env(UNSET))
 }
 
-/// A container port named `name`, and a port reference (a name or a number) resolved against them.
-fn container_port(d: &Value, name: &str) -> u16 {
-    let port = named(
-        DEPLOYMENT,
-        items(DEPLOYMENT, container(d), &["ports"]),
-        name,
-        "containerPort",
-    );
-    num_at(DEPLOYMENT, port, &["containerPort"]) as u16
-}
-
-fn resolve_port(d: &Value, reference: &str) -> u16 {
-    reference
-        .parse()
-        .unwrap_or_else(|_| container_port(d, reference))
-}
-
-/// A Kubernetes quantity of bytes (`512Mi`, `1G`, `1000`).
-fn quantity(file: &str, q: &str) -> u64 {
-    let units = [
-        ("Ki", 1u64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("k", 1000),
-        ("K", 1000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-    ];
-    for (suffix, factor) in units {
-        if let Some(n) = q.strip_suffix(suffix) {
-            let n: u64 = n
-                .parse()
-                .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"));
-            return n * factor;
-        }
-    }
-    q.parse()
-        .unwrap_or_else(|_| panic!("{file}: quantity {q:?}"))
+/// Whether `selector` (label → value) selects a pod labelled `labels`.
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 // ---- kustomize, as far as the manifests use it ----
@@ -609,22 +405,18 @@ fn quantity(file: &str, q: &str) -> u64 {
 /// A path relative to the repository root with `.` and `..` resolved.
 fn normalize(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts
-                    .pop()
-                    .unwrap_or_else(|| panic!("{path}: leaves the repository"));
-            }
-            p => parts.push(p),
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part != ".." {
+            parts.push(part);
+        } else if parts.pop().is_none() {
+            panic!("{path}: leaves the repository");
         }
     }
     parts.join("/")
 }
 
-/// Lists of a Pod spec that a strategic-merge patch merges by a key rather than replaces, with
-/// that key (Service `ports` merge by `port`, container `ports` by `containerPort`).
+/// The key a strategic-merge patch merges the list `field` by, for the lists of a pod spec that
+/// merge rather than replace (Service `ports` by `port`, container `ports` by `containerPort`).
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
         "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" => Some("name"),
@@ -638,34 +430,33 @@ fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
 /// Applies a strategic-merge `patch` (from `file`) to `target`: mappings merge, keyed lists merge
 /// item by item, anything else is replaced. Deletions and `$patch` directives are refused.
 fn strategic_merge(file: &str, field: &str, target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
+    let key = patch.as_sequence().and_then(|p| merge_key(field, p));
+    match (target, patch, key) {
+        (Value::Mapping(t), Value::Mapping(p), _) => {
             for (k, pv) in p {
+                let name = k.as_str().unwrap_or_default();
+                let directive = name.is_empty() || name.starts_with('$') || pv.is_null();
                 assert!(
-                    !k.starts_with('$') && !pv.is_null(),
-                    "{file}: {k}: deletions and $patch directives are not supported here"
+                    !directive,
+                    "{file}: {k:?}: deletions and $patch are not supported here"
                 );
                 match t.get_mut(k) {
-                    Some(tv) => strategic_merge(file, k, tv, pv),
-                    None => {
-                        t.insert(k.clone(), pv.clone());
-                    }
+                    Some(tv) => strategic_merge(file, name, tv, pv),
+                    None => drop(t.insert(k.clone(), pv.clone())),
                 }
             }
         }
-        (Value::Array(t), Value::Array(p)) if merge_key(field, p).is_some() => {
-            let key = merge_key(field, p).expect("checked");
+        (Value::Sequence(t), Value::Sequence(p), Some(key)) => {
             for item in p {
-                let id = item
-                    .get(key)
-                    .unwrap_or_else(|| panic!("{file}: an item of {field} without {key}"));
-                match t.iter_mut().find(|i| i.get(key) == Some(id)) {
+                let id = item.get(key);
+                assert!(id.is_some(), "{file}: an item of {field} without {key}");
+                match t.iter_mut().find(|i| i.get(key) == id) {
                     Some(existing) => strategic_merge(file, field, existing, item),
                     None => t.push(item.clone()),
                 }
             }
         }
-        (t, p) => *t = p.clone(),
+        (t, p, _) => *t = p.clone(),
     }
 }
 
@@ -673,388 +464,289 @@ fn strategic_merge(file: &str, field: &str, target: &mut Value, patch: &Value) {
 /// patched, that file and the patch): its `resources` (files or kustomization directories) with
 /// its `patches` applied. Fields that would rename or relabel objects are refused rather than
 /// ignored; `images` (from `kustomize edit set image`) only changes the image and is ignored.
-fn kustomize(dir: &str) -> Vec<(String, Value)> {
+fn kustomize(dir: &str) -> Vec<Doc> {
     let kfile = format!("{dir}/kustomization.yaml");
-    let k = manifest(&kfile);
-    for key in k.as_object().expect("a mapping").keys() {
+    let k = manifest(&kfile, "Kustomization");
+    for key in k.typed("", Value::as_mapping, "a mapping").keys() {
+        let known = ["apiVersion", "kind", "resources", "patches", "images"];
+        let known = known.iter().any(|known| key == *known);
         assert!(
-            ["apiVersion", "kind", "resources", "patches", "images"].contains(&key.as_str()),
-            "{kfile}: {key} is not understood by tests/deploy_files.rs; extend its kustomize()"
+            known,
+            "{kfile}: {key:?} is not understood here; extend kustomize()"
         );
     }
-    assert_eq!(text_at(&kfile, &k, &["kind"]), "Kustomization", "{kfile}");
     let mut objects = Vec::new();
-    for r in items(&kfile, &k, &["resources"]) {
-        let r = r.as_str().expect("a resource path");
-        let path = normalize(&format!("{dir}/{r}"));
-        if root().join(&path).is_dir() {
-            assert!(
-                root().join(&path).join("kustomization.yaml").is_file(),
-                "{kfile}: resource {r} is a directory without kustomization.yaml"
-            );
-            // kustomize refuses a kustomization whose directory contains one it came from.
-            assert!(
-                !format!("{dir}/").starts_with(&format!("{path}/")),
-                "{kfile}: resource {r} contains {dir}; kustomize rejects that as a cycle (put the \
-                 overlay beside its base, not inside it)"
-            );
-            objects.extend(kustomize(&path));
-        } else {
-            // ... and, by default, files outside the kustomization's own directory.
-            assert!(
-                path.starts_with(&format!("{dir}/")),
-                "{kfile}: resource {r} is outside {dir}; kustomize refuses it unless it is a \
-                 kustomization directory"
-            );
-            for doc in yaml::parse(&path, &read(&path)) {
-                objects.push((path.clone(), doc));
-            }
+    for r in k.list("resources") {
+        let path = normalize(&format!("{dir}/{}", r.typed("", Value::as_str, "a path")));
+        let inside = path.starts_with(&format!("{dir}/"));
+        if !root().join(&path).is_dir() {
+            // kustomize refuses files outside the kustomization's directory by default.
+            assert!(inside, "{kfile}: resource {path} is outside {dir}");
+            objects.extend(docs(&path));
+            continue;
         }
-    }
-    let patches = match k.get("patches") {
-        Some(_) => items(&kfile, &k, &["patches"]),
-        None => &[],
-    };
-    for p in patches {
-        let keys: Vec<&String> = p.as_object().expect("a patch entry").keys().collect();
-        assert_eq!(
-            keys,
-            ["path"],
-            "{kfile}: only `- path: FILE` patches are understood here (a strategic merge \
-             targeting the object the file names)"
+        let kustomization = root().join(&path).join("kustomization.yaml");
+        assert!(
+            kustomization.is_file(),
+            "{kfile}: {path} has no kustomization.yaml"
         );
-        let pfile = normalize(&format!("{dir}/{}", text_at(&kfile, p, &["path"])));
+        // ... and a kustomization whose directory contains one it came from.
+        let cycle = format!("{dir}/").starts_with(&format!("{path}/"));
+        assert!(
+            !cycle,
+            "{kfile}: {path} contains {dir}, a cycle: put overlays beside their base"
+        );
+        objects.extend(kustomize(&path));
+    }
+    for p in k.list("patches") {
+        let only_path = p.typed("", Value::as_mapping, "a patch").len() == 1;
+        assert!(
+            only_path,
+            "{kfile}: only `- path: FILE` patches (strategic merges) are understood"
+        );
+        let pfile = normalize(&format!("{dir}/{}", p.str("path")));
         assert!(
             pfile.starts_with(&format!("{dir}/")),
-            "{kfile}: patch {pfile} is outside {dir}, which kustomize refuses"
+            "{kfile}: {pfile} is outside {dir}"
         );
-        let patch = manifest(&pfile);
-        let kind = text_at(&pfile, &patch, &["kind"]);
-        let name = text_at(&pfile, &patch, &["metadata", "name"]);
-        let mut targets = objects.iter_mut().filter(|(_, o)| {
-            o.get("kind").and_then(Value::as_str) == Some(kind)
-                && o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-        });
-        let (file, target) = targets
-            .next()
-            .unwrap_or_else(|| panic!("{pfile}: patches {kind} {name}, which {kfile} lacks"));
-        assert_eq!(
-            text_at(file, target, &["apiVersion"]),
-            text_at(&pfile, &patch, &["apiVersion"]),
-            "{pfile}: apiVersion differs from the {kind} it patches ({file})"
+        let patch = docs(&pfile)
+            .pop()
+            .unwrap_or_else(|| panic!("{pfile}: empty"));
+        let (kind, name) = (patch.str("kind"), patch.str("metadata.name"));
+        let Some(target) = objects.iter_mut().find(|o| o.is(kind, name)) else {
+            panic!("{pfile}: patches {kind} {name}, which {kfile} lacks");
+        };
+        let same = target.str("apiVersion") == patch.str("apiVersion");
+        assert!(
+            same,
+            "{pfile}: apiVersion differs from the {kind} of {}",
+            target.file
         );
-        strategic_merge(&pfile, "", target, &patch);
-        *file = format!("{file} patched by {pfile}");
+        strategic_merge(&pfile, "", &mut target.v, &patch.v);
+        target.file = format!("{} patched by {pfile}", target.file);
     }
     let mut seen = BTreeSet::new();
-    for (file, o) in &objects {
-        let id = (
-            text_at(file, o, &["kind"]).to_owned(),
-            text_at(file, o, &["metadata", "name"]).to_owned(),
-        );
-        assert!(seen.insert(id.clone()), "{kfile}: {id:?} defined twice");
+    for o in &objects {
+        let id = (o.str("kind"), o.str("metadata.name"));
+        assert!(seen.insert(id), "{kfile}: {id:?} defined twice");
     }
     objects
 }
 
 /// The one object of `kind` named `name` among `objects`.
-fn object<'a>(objects: &'a [(String, Value)], kind: &str, name: &str) -> &'a (String, Value) {
+fn object<'a>(objects: &'a [Doc], kind: &str, name: &str) -> &'a Doc {
+    let found = objects.iter().find(|o| o.is(kind, name));
+    found.unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn objects_of<'a>(objects: &'a [Doc], kind: &'a str) -> impl Iterator<Item = &'a Doc> {
     objects
         .iter()
-        .find(|(_, o)| {
-            o.get("kind").and_then(Value::as_str) == Some(kind)
-                && o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-        })
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
+        .filter(move |o| o.get("kind") == Some(&kind.into()))
 }
 
-/// The objects of `kind` among `objects`.
-fn objects_of<'a>(objects: &'a [(String, Value)], kind: &str) -> Vec<&'a (String, Value)> {
-    objects
-        .iter()
-        .filter(|(_, o)| o.get("kind").and_then(Value::as_str) == Some(kind))
-        .collect()
-}
-
-/// The overlay's phonegate Deployment, patched: (where it came from, the object).
-fn overlay_phonegate() -> (String, Value) {
-    let objects = kustomize(OVERLAY_DIR);
-    let name = text_at(DEPLOYMENT, &deployment(), &["metadata", "name"]).to_owned();
-    object(&objects, "Deployment", &name).clone()
-}
-
-/// The phonegate container of the overlay's Deployment.
-fn overlay_container((file, d): &(String, Value)) -> &Value {
-    named(
-        file,
-        items(file, d, &["spec", "template", "spec", "containers"]),
-        "phonegate",
-        "container",
-    )
+/// The overlay's phonegate Deployment, patched.
+fn overlay_phonegate() -> Doc {
+    let name = deployment().str("metadata.name").to_owned();
+    object(&kustomize(OVERLAY_DIR), "Deployment", &name).clone()
 }
 
 /// The overlay pods' environment, Secret references resolved from the overlay's template.
-fn overlay_env(
-    d: &(String, Value),
-    fill: &dyn Fn(&str) -> Option<String>,
-) -> HashMap<String, String> {
-    container_env(&d.0, overlay_container(d), OVERLAY_SECRET, fill)
+fn overlay_env(fill: Fill) -> Env {
+    container_env(&container(&overlay_phonegate()), OVERLAY_SECRET, fill)
 }
 
-/// Whether `selector` (label → value) selects a pod labelled `labels`.
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// The Redis container of the overlay: (its Deployment's file, the Deployment, the container).
-fn overlay_redis(objects: &[(String, Value)]) -> (String, Value, Value) {
-    let found: Vec<(String, Value, Value)> = objects_of(objects, "Deployment")
-        .into_iter()
-        .flat_map(|(file, d)| {
-            items(file, d, &["spec", "template", "spec", "containers"])
-                .iter()
-                .filter(|c| {
-                    c.get("image")
-                        .and_then(Value::as_str)
-                        .is_some_and(|i| i.starts_with("redis:") || i.contains("/redis:"))
-                })
-                .map(|c| (file.clone(), d.clone(), c.clone()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+/// The overlay's Redis among `objects`: the Deployment of the one container running a redis
+/// image, that container, and its arguments, `$(VAR)` expanded from its env as the kubelet does.
+fn redis_of(objects: &[Doc]) -> (Doc, Doc, Vec<String>) {
+    let mut found = Vec::new();
+    for d in objects_of(objects, "Deployment") {
+        for c in d.list("spec.template.spec.containers") {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+            if image.starts_with("redis:") || image.contains("/redis:") {
+                found.push((d.clone(), c));
+            }
+        }
+    }
     assert_eq!(
         found.len(),
         1,
         "{OVERLAY_DIR}: expected one container running a redis image"
     );
-    found.into_iter().next().expect("one")
-}
-
-/// The arguments of a container, `$(VAR)` expanded from its environment as the kubelet does.
-fn expanded_args(file: &str, c: &Value, env: &HashMap<String, String>) -> Vec<String> {
-    let args = match c.get("args") {
-        Some(_) => items(file, c, &["args"]),
-        None => &[],
-    };
-    args.iter()
-        .map(|a| {
-            let mut a = a.as_str().unwrap_or_default().to_owned();
-            for (k, v) in env {
-                a = a.replace(&format!("$({k})"), v);
-            }
-            assert!(
-                !a.contains("$("),
-                "{file}: argument {a:?} names an unset variable"
-            );
-            a
-        })
-        .collect()
+    let (d, c) = found.remove(0);
+    let env = container_env(&c, OVERLAY_SECRET, UNSET);
+    let mut args = Vec::new();
+    for a in c.list("args") {
+        let mut a = a.typed("", Value::as_str, "a string").to_owned();
+        for (k, v) in &env {
+            a = a.replace(&format!("$({k})"), v);
+        }
+        assert!(
+            !a.contains("$("),
+            "{}: {a:?} names an unset variable",
+            c.file
+        );
+        args.push(a);
+    }
+    (d, c, args)
 }
 
 /// The value following `flag` in `args` (redis-server's `--name value` form).
-fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == flag)
-        .map(|i| args.get(i + 1).map(String::as_str).unwrap_or_default())
+fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == flag)?;
+    Some(args.get(i + 1).map_or("", String::as_str))
 }
 
-/// Bytes in a redis.conf memory value (`256mb`, `1gb`, `100000`).
-fn redis_bytes(file: &str, v: &str) -> u64 {
-    let v = v.to_ascii_lowercase();
-    for (suffix, factor) in [
-        ("gb", 1u64 << 30),
-        ("mb", 1 << 20),
-        ("kb", 1 << 10),
-        ("g", 1_000_000_000),
-        ("m", 1_000_000),
-        ("k", 1000),
-        ("b", 1),
-    ] {
-        if let Some(n) = v.strip_suffix(suffix) {
-            return n.parse::<u64>().unwrap_or_else(|_| panic!("{file}: {v:?}")) * factor;
+/// The port redis-server listens on.
+fn redis_port(args: &[String]) -> u16 {
+    let port = arg(args, "--port").unwrap_or("6379");
+    port.parse()
+        .unwrap_or_else(|_| panic!("{OVERLAY_DIR}: redis-server --port {port}"))
+}
+
+// ---- line formats: the Dockerfile, the systemd unit, environment and TOML files ----
+
+/// Whitespace-separated words, with double or single quotes grouping and removed.
+fn words(text: &str) -> Vec<String> {
+    let (mut out, mut word, mut quote) = (Vec::new(), None::<String>, None);
+    for c in text.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => out.extend(word.take()),
+            (_, c) => word.get_or_insert_default().push(c),
+        }
+        if quote.is_some() {
+            word.get_or_insert_default();
         }
     }
-    v.parse().unwrap_or_else(|_| panic!("{file}: {v:?}"))
+    out.extend(word);
+    out
 }
 
-/// Keys shown commented out in a Secret template (`# key: value`): documented optional keys.
-fn commented_secret_keys(file: &str) -> BTreeSet<String> {
-    read(file)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('#'))
-        .filter_map(|l| {
-            let (key, value) = l.trim().split_once(": ")?;
-            let plain = !key.is_empty()
-                && key
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            (plain && !value.trim().is_empty()).then(|| key.to_owned())
-        })
-        .collect()
-}
-
-// ---- the Dockerfile ----
-
+/// A Dockerfile instruction; `stage` counts the FROMs up to it (the first stage is 1).
 struct Instruction {
     stage: usize,
     op: String,
     args: String,
 }
 
-/// Instructions with line continuations joined and comments dropped; `stage` counts FROMs.
-fn dockerfile() -> Vec<Instruction> {
+/// The Dockerfile's instructions (comment lines dropped, line continuations joined), and the
+/// number of its last stage, the runtime image.
+fn dockerfile() -> (Vec<Instruction>, usize) {
     let text = read(DOCKERFILE);
-    let mut logical = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('#') || (t.is_empty() && current.is_empty()) {
-            continue;
-        }
-        match t.strip_suffix('\\') {
-            Some(head) => {
-                current.push_str(head);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(t);
-                logical.push(std::mem::take(&mut current));
-            }
-        }
-    }
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let text = lines.join("\n").replace("\\\n", " ");
     assert!(
-        current.trim().is_empty(),
+        !text.ends_with('\\'),
         "{DOCKERFILE}: ends inside a line continuation"
     );
     let mut stage = 0;
-    logical
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (op, args) = l.trim().split_once(char::is_whitespace).unwrap_or((l, ""));
-            let op = op.to_ascii_uppercase();
-            if op == "FROM" {
-                stage += 1;
-            }
-            Instruction {
-                stage,
-                op,
-                args: args.trim().to_owned(),
-            }
-        })
-        .collect()
+    let mut instructions = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (op, args) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let op = op.to_ascii_uppercase();
+        stage += usize::from(op == "FROM");
+        let args = args.trim().to_owned();
+        instructions.push(Instruction { stage, op, args });
+    }
+    (instructions, stage)
 }
 
-/// Whitespace-separated words, with double or single quotes grouping and removed.
-fn words(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quote = None;
-    let mut in_word = false;
-    for c in text.chars() {
-        match (quote, c) {
-            (None, '"' | '\'') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (Some(q), c) if c == q => quote = None,
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            (_, c) => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        out.push(cur);
-    }
-    out
+/// The arguments of the instructions `op` of the runtime stage.
+fn runtime(op: &str) -> Vec<String> {
+    let (instructions, last) = dockerfile();
+    let found = instructions
+        .into_iter()
+        .filter(|i| i.stage == last && i.op == op);
+    found.map(|i| i.args).collect()
 }
 
-/// `ENV` settings of the final stage.
-fn docker_env(instructions: &[Instruction]) -> HashMap<String, String> {
-    let last = instructions.last().map_or(0, |i| i.stage);
-    let mut env = HashMap::new();
-    for i in instructions
-        .iter()
-        .filter(|i| i.op == "ENV" && i.stage == last)
-    {
-        for word in words(&i.args) {
-            let (k, v) = word
-                .split_once('=')
-                .unwrap_or_else(|| panic!("{DOCKERFILE}: use ENV KEY=VALUE (got {:?})", i.args));
-            env.insert(k.to_owned(), v.to_owned());
-        }
-    }
-    env
+/// The one `op` of the runtime stage.
+fn runtime_one(op: &str) -> String {
+    let mut found = runtime(op);
+    assert_eq!(
+        found.len(),
+        1,
+        "{DOCKERFILE}: the runtime stage needs one {op}"
+    );
+    found.remove(0)
 }
 
-/// `COPY` instructions as (stage, `--from` stage or None for the build context, sources, dest).
-fn docker_copies(
-    instructions: &[Instruction],
-) -> Vec<(usize, Option<String>, Vec<String>, String)> {
-    instructions
-        .iter()
+/// `ENV KEY=VALUE ...` settings of the runtime stage.
+fn docker_env() -> Env {
+    let words: Vec<String> = runtime("ENV").iter().flat_map(|args| words(args)).collect();
+    let pair = |w: &String| w.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let pairs: Option<Env> = words.iter().map(pair).collect();
+    pairs.unwrap_or_else(|| panic!("{DOCKERFILE}: use ENV KEY=VALUE ({words:?})"))
+}
+
+/// A file a `COPY` or `ADD` puts in the image.
+struct Copy {
+    stage: usize,
+    /// Copied `--from` another stage rather than from the build context.
+    from_stage: bool,
+    source: String,
+    to: String,
+}
+
+fn docker_copies() -> Vec<Copy> {
+    let mut copies = Vec::new();
+    for i in dockerfile()
+        .0
+        .into_iter()
         .filter(|i| i.op == "COPY" || i.op == "ADD")
-        .map(|i| {
-            let w = words(&i.args);
-            let from = w
-                .iter()
-                .find_map(|a| a.strip_prefix("--from=").map(str::to_owned));
-            let mut paths: Vec<String> = w.into_iter().filter(|a| !a.starts_with("--")).collect();
-            let dest = paths.pop().expect("COPY has a destination");
-            (i.stage, from, paths, dest)
-        })
-        .collect()
-}
-
-/// Where a COPY of `source` into `dest` puts it.
-fn copied_to(source: &str, dest: &str) -> String {
-    if dest.ends_with('/') {
-        let base = source
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or(source);
-        format!("{dest}{base}")
-    } else {
-        dest.to_owned()
+    {
+        let w = words(&i.args);
+        let from_stage = w.iter().any(|a| a.starts_with("--from="));
+        let mut paths: Vec<&String> = w.iter().filter(|a| !a.starts_with("--")).collect();
+        let dest = paths.pop().expect("COPY has a destination");
+        for source in paths {
+            let base = source
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(source);
+            let to = if dest.ends_with('/') {
+                format!("{dest}{base}")
+            } else {
+                dest.clone()
+            };
+            let (stage, source) = (i.stage, source.clone());
+            copies.push(Copy {
+                stage,
+                from_stage,
+                source,
+                to,
+            });
+        }
     }
+    copies
 }
 
-// ---- the systemd unit ----
-
-/// `Key=Value` directives of the unit (comments skipped), in order.
-fn unit_directives() -> Vec<(String, String)> {
-    read(UNIT)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
-        .filter(|l| !l.starts_with('['))
-        .map(|l| {
-            let (k, v) = l
-                .split_once('=')
-                .unwrap_or_else(|| panic!("{UNIT}: not a directive: {l:?}"));
-            (k.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect()
+/// The values of the unit's `key=` directives (comments and section headers skipped), in order.
+fn unit_values(key: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    for line in read(UNIT).lines().map(str::trim) {
+        if line.is_empty() || line.starts_with(['#', ';', '[']) {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{UNIT}: {line:?}"));
+        if k.trim() == key {
+            values.push(v.trim().to_owned());
+        }
+    }
+    values
 }
 
-fn unit_values(directives: &[(String, String)], key: &str) -> Vec<String> {
-    directives
-        .iter()
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .collect()
-}
-
-fn unit_value(directives: &[(String, String)], key: &str) -> String {
-    let values = unit_values(directives, key);
+fn unit_value(key: &str) -> String {
+    let values = unit_values(key);
     assert_eq!(
         values.len(),
         1,
@@ -1063,75 +755,96 @@ fn unit_value(directives: &[(String, String)], key: &str) -> String {
     values[0].clone()
 }
 
-/// A systemd time span: bare seconds or with units (`20`, `20s`, `1min 30s`).
-fn systemd_span(file: &str, value: &str) -> Duration {
-    if let Ok(secs) = value.parse::<u64>() {
-        return Duration::from_secs(secs);
-    }
-    humantime::parse_duration(value)
-        .unwrap_or_else(|e| panic!("{file}: {value:?} is not a time span: {e}"))
-}
-
-/// `KEY=VALUE` lines of an environment file.
-fn env_file(file: &str) -> HashMap<String, String> {
-    read(file)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (k, v) = l
+/// `KEY=VALUE` lines of an environment file; with `examples`, also those it shows commented out
+/// (`# PHONEGATE__...=value`).
+fn env_file(file: &str, examples: bool) -> Env {
+    let mut env = Env::new();
+    for line in read(file).lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (k, v) = match line.strip_prefix('#').map(str::trim) {
+            None => line
                 .split_once('=')
-                .unwrap_or_else(|| panic!("{file}: not KEY=VALUE: {l:?}"));
-            (k.trim().to_owned(), words(v).join(" "))
-        })
-        .collect()
-}
-
-/// `KEY=VALUE` lines an environment file shows commented out (`# PHONEGATE__...=value`).
-fn commented_env(file: &str) -> HashMap<String, String> {
-    read(file)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('#'))
-        .map(str::trim)
-        .filter(|l| l.starts_with("PHONEGATE"))
-        .filter_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            Some((k.trim().to_owned(), words(v).join(" ")))
-        })
-        .collect()
+                .unwrap_or_else(|| panic!("{file}: {line:?}")),
+            Some(c) if examples && c.starts_with("PHONEGATE") => match c.split_once('=') {
+                Some((k, v)) if !k.contains(' ') => (k, v),
+                _ => continue,
+            },
+            Some(_) => continue,
+        };
+        env.insert(k.trim().to_owned(), words(v).join(" "));
+    }
+    env
 }
 
 /// A path given to `key` in a TOML file, set or commented out (`# key = "..."`).
-fn toml_path_mention(file: &str, text: &str, key: &str) -> String {
-    text.lines()
-        .map(|l| l.trim().trim_start_matches('#').trim())
-        .find_map(|l| {
-            let rest = l.strip_prefix(key)?.trim_start().strip_prefix('=')?;
-            Some(rest.trim().trim_matches('"').to_owned())
-        })
-        .unwrap_or_else(|| panic!("{file}: no {key} line, set or commented"))
+fn toml_path_mention(file: &str, key: &str) -> String {
+    let toml = if file == CONFIGMAP {
+        configmap_toml()
+    } else {
+        read(file)
+    };
+    let lines = toml
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim());
+    let mut values = lines.filter_map(|l| l.strip_prefix(key)?.trim().strip_prefix('='));
+    let value = values
+        .next()
+        .unwrap_or_else(|| panic!("{file}: no {key} line"));
+    value.trim().trim_matches('"').to_owned()
 }
 
-// ---- tests ----
-
-#[test]
-fn the_yaml_reader_understands_the_manifest_subset() {
-    let docs = yaml::parse(
-        "inline",
-        "a: 1 # note\nb:\n  - name: x\n    value: \"0.0.0.0:80\"\n  - name: y\n    valueFrom:\n      k: v\n\
-         c:\n- p\n- 'q r'\nd: [\"ALL\", b]\ne: |\n  # kept\n  k = \"v\"\n\n  [s]\nf: {}\n---\ng: h\n",
+/// Files cargo needs to find when it reads the TOML `manifest`, whatever it builds: each target
+/// table's `path` (or its conventional file: `src` for the library and binaries), and a `build`
+/// script. Read with the `config` crate's TOML support, phonegate's own.
+fn cargo_declared_files(manifest: &str) -> Vec<String> {
+    let source = config::File::from_str(manifest, config::FileFormat::Toml);
+    let manifest = config::Config::builder().add_source(source).build();
+    let manifest: serde_json::Value = manifest.and_then(|m| m.try_deserialize()).expect("TOML");
+    let mut files: Vec<String> = manifest["package"]["build"]
+        .as_str()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    for (table, dir) in [
+        ("lib", "src"),
+        ("bin", "src"),
+        ("bench", "benches"),
+        ("test", "tests"),
+        ("example", "examples"),
+    ] {
+        let targets = match &manifest[table] {
+            serde_json::Value::Array(targets) => targets.clone(),
+            serde_json::Value::Null => Vec::new(),
+            target => vec![target.clone()],
+        };
+        for t in targets {
+            files.push(match (t["path"].as_str(), t["name"].as_str()) {
+                (Some(path), _) => path.to_owned(),
+                (None, Some(name)) if dir != "src" => format!("{dir}/{name}.rs"),
+                _ => dir.to_owned(),
+            });
+        }
+    }
+    // Workspace members and path dependencies (dev ones too: cargo loads every manifest of the
+    // workspace before it builds anything), where they lie inside the repository.
+    let members = manifest["workspace"]["members"].as_array().cloned();
+    files.extend(
+        members
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_owned)),
     );
-    assert_eq!(docs.len(), 2);
-    let d = &docs[0];
-    assert_eq!(d["a"], "1");
-    assert_eq!(d["b"][0]["value"], "0.0.0.0:80");
-    assert_eq!(d["b"][1]["valueFrom"]["k"], "v");
-    assert_eq!(d["c"][1], "q r");
-    assert_eq!(d["d"][0], "ALL");
-    assert_eq!(d["e"], "# kept\nk = \"v\"\n\n[s]\n");
-    assert!(d["f"].as_object().is_some_and(|m| m.is_empty()));
-    assert_eq!(docs[1]["g"], "h");
+    for table in ["dependencies", "dev-dependencies", "build-dependencies"] {
+        if let Some(deps) = manifest[table].as_object() {
+            let paths = deps.values().filter_map(|d| d["path"].as_str());
+            files.extend(paths.filter(|p| !p.starts_with("..")).map(str::to_owned));
+        }
+    }
+    files.sort();
+    files.dedup();
+    files
 }
+
+// ---- tests: environment names and configurations ----
 
 #[test]
 fn unknown_environment_names_are_refused_so_the_name_checks_mean_something() {
@@ -1146,78 +859,71 @@ fn unknown_environment_names_are_refused_so_the_name_checks_mean_something() {
         let mut env = companions(name);
         env.insert(name.to_owned(), PLACEHOLDER.to_owned());
         assert!(
-            Config::load_with_env(None, Some(env)).is_err(),
-            "phonegate accepts the unknown name {name}: the checks of deploy/ names below would \
-             not catch a typo"
+            accepts(env).is_err(),
+            "phonegate accepts the unknown name {name}: the name checks would miss a typo"
         );
     }
 }
 
-#[test]
-fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
-    // Values the files give in structured form.
-    let mut known: HashMap<String, (String, String)> = HashMap::new();
-    for (k, v) in docker_env(&dockerfile()) {
-        known.insert(k, (DOCKERFILE.to_owned(), v));
-    }
-    for (k, v) in pod_env_with(&deployment(), &|name| Some(placeholder_for(name))) {
-        known.insert(k, (DEPLOYMENT.to_owned(), v));
-    }
-    let overlay = overlay_phonegate();
-    for (k, v) in overlay_env(&overlay, &|name| Some(placeholder_for(name))) {
-        known.insert(k, (OVERLAY_DIR.to_owned(), v));
-    }
-    for (k, v) in env_file(SYSTEMD_ENV) {
-        known.insert(k, (SYSTEMD_ENV.to_owned(), v));
-    }
-    for env in unit_values(&unit_directives(), "Environment") {
-        for word in words(&env) {
-            if let Some((k, v)) = word.split_once('=') {
-                known.insert(k.to_owned(), (UNIT.to_owned(), v.to_owned()));
-            }
-        }
-    }
+/// The environments the deploy files give in structured form: (source, environment).
+fn structured_environments() -> Vec<(&'static str, Env)> {
+    vec![
+        (DOCKERFILE, docker_env()),
+        (DEPLOYMENT, pod_env(UNSET)),
+        (DEPLOYMENT, pod_env(FILLED)),
+        (OVERLAY_DIR, overlay_env(UNSET)),
+        (OVERLAY_DIR, overlay_env(FILLED)),
+        (SYSTEMD_ENV, env_file(SYSTEMD_ENV, false)),
+        (SYSTEMD_ENV, env_file(SYSTEMD_ENV, true)),
+    ]
+}
 
+#[test]
+fn every_phonegate_name_under_deploy_is_a_setting_the_binary_accepts() {
+    // Values the files give in structured form, for names mentioned without one.
+    let mut known = Env::new();
+    for (_, env) in structured_environments() {
+        known.extend(env);
+    }
+    for word in unit_values("Environment").iter().flat_map(|env| words(env)) {
+        known.extend(
+            word.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+    }
     let mut checked = 0;
-    for file in deploy_files() {
+    for file in files("deploy", true) {
         let text = read(&file);
-        let mut env = HashMap::new();
+        let mut mentioned = Env::new();
         for (pos, _) in text.match_indices("PHONEGATE__") {
             let tail = &text[pos..];
-            let len = tail
-                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-                .unwrap_or(tail.len());
-            let name = &tail[..len];
+            let end =
+                tail.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'));
+            let (name, rest) = tail.split_at(end.unwrap_or(tail.len()));
             if name.len() == "PHONEGATE__".len() || name.ends_with('_') {
                 continue; // the pattern itself (`PHONEGATE__<SECTION>__<KEY>`), not a name
             }
-            // An inline `NAME=value` wins; then the value a structured file gives the name.
-            let inline = tail[len..].strip_prefix('=').map(|v| {
-                let v = v
-                    .split(|c: char| c.is_whitespace() || c == '`')
-                    .next()
-                    .unwrap_or("");
-                v.trim_matches(|c| c == '"' || c == '\'').to_owned()
+            // An inline literal `NAME=value` wins, then a value a structured file gives the name.
+            let inline = rest.strip_prefix('=').map(|v| {
+                let v = v.split(|c: char| c.is_whitespace() || c == '`').next();
+                v.unwrap_or_default().trim_matches(['"', '\'']).to_owned()
             });
-            let value = inline
-                .filter(|v| v_is_plain(v))
-                .or_else(|| known.get(name).map(|(_, v)| v.clone()))
-                .unwrap_or_else(|| placeholder_for(name));
+            let literal =
+                |v: &String| !v.is_empty() && !v.contains(['$', '<']) && !v.contains("...");
+            let value = inline.filter(literal).or_else(|| known.get(name).cloned());
+            let value = value.unwrap_or_else(|| placeholder_for(name));
             let mut alone = companions(name);
             alone.insert(name.to_owned(), value.clone());
-            if let Err(e) = Config::load_with_env(None, Some(alone)) {
+            if let Err(e) = accepts(alone) {
                 panic!("{file}: {name}={value:?} is not accepted by phonegate: {e}");
             }
-            env.insert(name.to_owned(), value);
+            mentioned.insert(name.to_owned(), value);
             checked += 1;
         }
-        let mut together = HashMap::new();
-        for name in env.keys() {
-            together.extend(companions(name));
-        }
-        together.extend(env.clone());
-        let env = together;
-        if let Err(e) = Config::load_with_env(None, Some(env.clone())) {
+        // The file's names together, over the companions they need.
+        let mut env: Env = mentioned.keys().flat_map(|n| companions(n)).collect();
+        env.extend(mentioned);
+        if let Err(e) = accepts(env.clone()) {
             panic!("{file}: its PHONEGATE__ variables together are refused: {e} ({env:?})");
         }
     }
@@ -1225,28 +931,11 @@ fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
         checked >= 6,
         "only {checked} PHONEGATE__ mentions found in deploy/"
     );
+}
 
-    // And the structured sources as whole environments (Secret values included).
-    for (file, env) in [
-        (DOCKERFILE, docker_env(&dockerfile())),
-        (DEPLOYMENT, pod_env(&deployment())),
-        (
-            DEPLOYMENT,
-            pod_env_with(&deployment(), &|name| Some(placeholder_for(name))),
-        ),
-        (OVERLAY_DIR, overlay_env(&overlay, &|_| None)),
-        (
-            OVERLAY_DIR,
-            overlay_env(&overlay, &|name| Some(placeholder_for(name))),
-        ),
-        (SYSTEMD_ENV, env_file(SYSTEMD_ENV)),
-        (SYSTEMD_ENV, {
-            // With every commented example uncommented too.
-            let mut env = env_file(SYSTEMD_ENV);
-            env.extend(commented_env(SYSTEMD_ENV));
-            env
-        }),
-    ] {
+#[test]
+fn each_structured_environment_is_accepted_whole() {
+    for (file, env) in structured_environments() {
         for name in env.keys() {
             assert!(
                 name.starts_with("PHONEGATE__") || name == "PHONEGATE_CONFIG",
@@ -1254,47 +943,32 @@ fn every_phonegate_variable_in_deploy_files_is_a_setting_the_binary_accepts() {
                  PHONEGATE_CONFIG)"
             );
         }
-        if let Err(e) = Config::load_with_env(None, Some(env)) {
+        if let Err(e) = accepts(env) {
             panic!("{file}: its environment is refused by phonegate: {e}");
         }
     }
 }
 
-/// Inline values that are literal settings (addresses, paths, numbers) rather than placeholders.
-fn v_is_plain(v: &str) -> bool {
-    !v.is_empty() && !v.contains(['$', '<']) && !v.contains("...")
-}
-
 #[test]
 fn phonegate_config_is_the_variable_the_binary_reads() {
-    let main = read("src/main.rs");
     assert!(
-        main.contains("env = \"PHONEGATE_CONFIG\""),
+        read("src/main.rs").contains("env = \"PHONEGATE_CONFIG\""),
         "src/main.rs no longer reads PHONEGATE_CONFIG, which {DOCKERFILE} and {DEPLOYMENT} set"
     );
-
     // The container starts with no arguments: PHONEGATE_CONFIG is how it finds the ConfigMap's
     // file. Run the real binary that way, with the pod's environment.
-    let d = deployment();
-    let mut env = pod_env(&d);
-    let file = temp_file("configmap.toml", &configmap_toml());
-    env.insert(
-        "PHONEGATE_CONFIG".to_owned(),
-        file.to_string_lossy().into_owned(),
-    );
-    let out = run_binary(&["check-config".to_owned()], &env);
-    std::fs::remove_file(&file).ok();
+    let out = run(&["check-config"], &pod_env(UNSET), Some(&configmap_toml()));
     assert!(
         out.status.success(),
-        "{CONFIGMAP} + {DEPLOYMENT}: `phonegate check-config` with PHONEGATE_CONFIG fails: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{CONFIGMAP} + {DEPLOYMENT}: `phonegate check-config` fails: {}",
+        stderr(&out)
     );
-    let shown: Value = serde_json::from_slice(&out.stdout).expect("check-config prints JSON");
-    let cfg = pod_config(&d);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let cfg = pod_config().startup;
     assert_eq!(
         shown["listen"],
         cfg.listen.to_string(),
-        "{DEPLOYMENT}: the binary's view differs"
+        "{DEPLOYMENT}: listen"
     );
     assert_eq!(
         shown["server"]["drain_timeout_ms"],
@@ -1305,202 +979,204 @@ fn phonegate_config_is_the_variable_the_binary_reads() {
 
 #[test]
 fn the_configmap_and_the_example_files_are_valid_configurations() {
-    let empty = HashMap::new();
-    let cm = load(CONFIGMAP, &configmap_toml(), &empty);
+    let cm = load(CONFIGMAP, &configmap_toml(), &Env::new());
     assert!(
-        matches!(cm.auth, phonegate::config::AuthConfig::Passthrough),
+        matches!(cm.live.auth, phonegate::config::AuthConfig::Passthrough),
         "{CONFIGMAP}: should default to passthrough mode (managed needs a key file and clients)"
     );
-    load(SYSTEMD_TOML, &read(SYSTEMD_TOML), &empty);
+    load(SYSTEMD_TOML, &read(SYSTEMD_TOML), &Env::new());
     // The image's baked file layer is the defaults file.
-    load("config/default.toml", &read("config/default.toml"), &empty);
+    load(
+        "config/default.toml",
+        &read("config/default.toml"),
+        &Env::new(),
+    );
 }
+
+// ---- tests: the base Deployment, its ConfigMap, Secret and Service ----
 
 #[test]
 fn deployment_mounts_the_configmap_where_phonegate_config_points() {
-    let d = deployment();
-    let env = pod_env(&d);
-    let config_path = env
-        .get("PHONEGATE_CONFIG")
-        .unwrap_or_else(|| panic!("{DEPLOYMENT}: no PHONEGATE_CONFIG env"));
-    let cm = manifest(CONFIGMAP);
-    let cm_name = text_at(CONFIGMAP, &cm, &["metadata", "name"]);
-    let volume = items(DEPLOYMENT, pod_spec(&d), &["volumes"])
+    let (d, env) = (deployment(), pod_env(UNSET));
+    let cm_name = manifest(CONFIGMAP, "ConfigMap")
+        .str("metadata.name")
+        .to_owned();
+    let volumes = d.list("spec.template.spec.volumes");
+    let volume = volumes
         .iter()
-        .find(|v| v.pointer("/configMap/name").and_then(Value::as_str) == Some(cm_name))
-        .unwrap_or_else(|| panic!("{DEPLOYMENT}: no volume of ConfigMap {cm_name:?}"));
-    let vname = text_at(DEPLOYMENT, volume, &["name"]);
-    let file_name = match volume.pointer("/configMap/items") {
-        Some(Value::Array(list)) => {
-            let item = list
-                .iter()
-                .find(|i| i["key"] == "phonegate.toml")
-                .unwrap_or_else(|| panic!("{DEPLOYMENT}: volume {vname} omits phonegate.toml"));
-            text_at(DEPLOYMENT, item, &["path"]).to_owned()
-        }
-        _ => "phonegate.toml".to_owned(),
-    };
-    let mount = named(
-        DEPLOYMENT,
-        items(DEPLOYMENT, container(&d), &["volumeMounts"]),
-        vname,
-        "volumeMount",
+        .find(|v| v.get("configMap.name") == Some(&cm_name.as_str().into()));
+    let volume = volume.unwrap_or_else(|| panic!("{DEPLOYMENT}: no volume of {cm_name}"));
+    let vname = volume.str("name");
+    let items = volume.list("configMap.items");
+    let item = items
+        .iter()
+        .find(|i| i.get("key") == Some(&"phonegate.toml".into()));
+    assert!(
+        item.is_some() || items.is_empty(),
+        "{DEPLOYMENT}: {vname} omits phonegate.toml"
     );
-    let mount_path = text_at(DEPLOYMENT, mount, &["mountPath"]);
+    let file_name = item.map_or("phonegate.toml", |i| i.str("path"));
+    let mount_path = container(&d)
+        .named("volumeMounts", vname)
+        .str("mountPath")
+        .to_owned();
     assert_eq!(
-        format!("{}/{file_name}", mount_path.trim_end_matches('/')),
-        *config_path,
+        env.get("PHONEGATE_CONFIG"),
+        Some(&format!("{}/{file_name}", mount_path.trim_end_matches('/'))),
         "{DEPLOYMENT}: PHONEGATE_CONFIG does not point at the mounted {CONFIGMAP} file"
     );
 }
 
-#[test]
-fn ports_agree_across_env_dockerfile_deployment_and_service() {
-    // Dockerfile: the baked file plus its ENV.
-    let instructions = dockerfile();
-    let denv = docker_env(&instructions);
-    let image_cfg = load(
-        &format!("config/default.toml with the ENV of {DOCKERFILE}"),
-        &read("config/default.toml"),
-        &denv,
-    );
-    let exposed: BTreeSet<u16> = instructions
+/// The ports the Dockerfile EXPOSEs.
+fn exposed_ports() -> BTreeSet<u16> {
+    let exposed: Vec<String> = runtime("EXPOSE")
         .iter()
-        .filter(|i| i.op == "EXPOSE")
-        .flat_map(|i| words(&i.args))
-        .map(|p| {
-            p.split('/')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{DOCKERFILE}: EXPOSE {p:?}"))
-        })
+        .flat_map(|args| words(args))
         .collect();
-    for (what, addr) in [
-        ("listen", image_cfg.listen),
-        ("admin.listen", image_cfg.admin_listen),
-    ] {
+    let port = |p: &String| p.split('/').next()?.parse().ok();
+    let ports: Option<BTreeSet<u16>> = exposed.iter().map(port).collect();
+    ports.unwrap_or_else(|| panic!("{DOCKERFILE}: EXPOSE {exposed:?}"))
+}
+
+#[test]
+fn the_image_listens_on_all_interfaces_on_its_exposed_ports() {
+    let what = format!("config/default.toml with the ENV of {DOCKERFILE}");
+    let cfg = load(&what, &read("config/default.toml"), &docker_env()).startup;
+    let exposed = exposed_ports();
+    for (what, addr) in [("listen", cfg.listen), ("admin.listen", cfg.admin_listen)] {
         assert!(
             addr.ip().is_unspecified(),
             "{DOCKERFILE}: {what} is {addr}; a container must listen on 0.0.0.0"
         );
         assert!(
             exposed.contains(&addr.port()),
-            "{DOCKERFILE}: {what} port {} is not in EXPOSE {exposed:?}",
-            addr.port()
+            "{DOCKERFILE}: {what} ({addr}) is not in EXPOSE {exposed:?}"
         );
     }
+}
 
-    // Deployment: the pod's effective configuration.
-    let d = deployment();
-    let cfg = pod_config(&d);
-    let check = |what: &str, addr: SocketAddr, port_name: &str| {
+#[test]
+fn the_pod_listens_on_all_interfaces_on_its_named_container_ports() {
+    let (cfg, c, exposed) = (
+        pod_config().startup,
+        container(&deployment()),
+        exposed_ports(),
+    );
+    for (what, addr, name) in [
+        ("listen", cfg.listen, "http"),
+        ("admin", cfg.admin_listen, "admin"),
+    ] {
         assert!(
             addr.ip().is_unspecified(),
             "{DEPLOYMENT}: {what} is {addr}; the Service and the kubelet's probes cannot reach a \
              pod listening on loopback"
         );
+        let port = c.port(&name.into());
         assert_eq!(
-            container_port(&d, port_name),
+            port,
             addr.port(),
-            "{DEPLOYMENT}: containerPort {port_name:?} differs from {what} ({addr})"
+            "{DEPLOYMENT}: containerPort {name} is not {what} ({addr})"
         );
         assert!(
-            exposed.contains(&addr.port()),
-            "{DOCKERFILE}: EXPOSE {exposed:?} lacks the pod's {what} port {}",
-            addr.port()
+            exposed.contains(&port),
+            "{DOCKERFILE}: EXPOSE lacks the pod's {what} port {port}"
         );
-    };
-    check("listen", cfg.listen, "http");
-    check("admin.listen", cfg.admin_listen, "admin");
+    }
+}
 
-    // Service: every target is a container port; http and admin reach the right listeners.
-    let svc = manifest(SERVICE);
-    let ports = items(SERVICE, &svc, &["spec", "ports"]);
+#[test]
+fn the_service_targets_the_proxy_and_admin_listeners() {
+    let (cfg, c) = (pod_config().startup, container(&deployment()));
+    let svc = manifest(SERVICE, "Service");
+    assert_eq!(svc.str("spec.type"), "ClusterIP", "{SERVICE}: type");
     for (name, want) in [
         ("http", cfg.listen.port()),
         ("admin", cfg.admin_listen.port()),
     ] {
-        let port = named(SERVICE, ports, name, "port");
-        let target = text_at(SERVICE, port, &["targetPort"]);
+        let target = svc.named("spec.ports", name).at("targetPort").v;
         assert_eq!(
-            resolve_port(&d, target),
+            c.port(&target),
             want,
-            "{SERVICE}: port {name:?} targets {target:?}, not phonegate's {name} listener ({want})"
+            "{SERVICE}: port {name} targets {target:?}, not phonegate's {name} listener ({want})"
         );
     }
+}
 
-    // Probes and the Prometheus annotations go to the admin listener.
+#[test]
+fn probes_and_the_prometheus_annotation_use_the_admin_port() {
+    let (admin, d) = (pod_config().startup.admin_listen.port(), deployment());
     let c = container(&d);
     for probe in ["readinessProbe", "livenessProbe"] {
-        let port = text_at(DEPLOYMENT, c, &[probe, "httpGet", "port"]);
+        let port = c.at(&format!("{probe}.httpGet.port")).v;
         assert_eq!(
-            resolve_port(&d, port),
-            cfg.admin_listen.port(),
-            "{DEPLOYMENT}: {probe} port {port:?} is not the admin listener"
+            c.port(&port),
+            admin,
+            "{DEPLOYMENT}: {probe} port {port:?} is not the admin port"
         );
     }
-    let ann = string_map(
-        DEPLOYMENT,
-        &d,
-        &["spec", "template", "metadata", "annotations"],
-    );
+    let annotations = d.map("spec.template.metadata.annotations");
     assert_eq!(
-        ann.get("prometheus.io/port").map(String::as_str),
-        Some(cfg.admin_listen.port().to_string().as_str()),
+        annotations.get("prometheus.io/port"),
+        Some(&admin.to_string()),
         "{DEPLOYMENT}: prometheus.io/port is not the admin port"
     );
+}
+
+/// The status phonegate's admin listener answers `req` with.
+async fn admin_status<B>(state: Arc<AppState>, req: Request<B>) -> StatusCode
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    phonegate::admin::handle(state, req)
+        .await
+        .expect("infallible")
+        .status()
+}
+
+async fn admin_get(state: &Arc<AppState>, path: &str) -> StatusCode {
+    let req = Request::get(path)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    admin_status(state.clone(), req).await
 }
 
 #[tokio::test]
 async fn probe_paths_are_answered_by_the_admin_listener() {
     let d = deployment();
     let c = container(&d);
-    let liveness = text_at(DEPLOYMENT, c, &["livenessProbe", "httpGet", "path"]).to_owned();
-    let readiness = text_at(DEPLOYMENT, c, &["readinessProbe", "httpGet", "path"]).to_owned();
-    assert_eq!(liveness, "/healthz", "{DEPLOYMENT}: livenessProbe path");
-    assert_eq!(readiness, "/readyz", "{DEPLOYMENT}: readinessProbe path");
-    let metrics = string_map(
-        DEPLOYMENT,
-        &d,
-        &["spec", "template", "metadata", "annotations"],
-    )
-    .get("prometheus.io/path")
-    .cloned()
-    .unwrap_or_else(|| panic!("{DEPLOYMENT}: no prometheus.io/path annotation"));
-
-    let state = AppState::new(pod_config(&d)).expect("state from the pod's configuration");
-    let get = |path: String| {
-        let state = state.clone();
-        async move {
-            let req = Request::get(path.as_str())
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            phonegate::admin::handle(state, req)
-                .await
-                .expect("infallible")
-                .status()
-        }
-    };
-    for path in [&liveness, &readiness, &metrics] {
+    let liveness = c.str("livenessProbe.httpGet.path");
+    let readiness = c.str("readinessProbe.httpGet.path");
+    assert_eq!(
+        (liveness, readiness),
+        ("/healthz", "/readyz"),
+        "{DEPLOYMENT}: probe paths"
+    );
+    let annotations = d.map("spec.template.metadata.annotations");
+    let metrics = annotations
+        .get("prometheus.io/path")
+        .expect("a prometheus.io/path annotation");
+    let state = AppState::new(pod_config()).expect("state from the pod's configuration");
+    for path in [liveness, readiness, metrics.as_str()] {
         assert_eq!(
-            get(path.clone()).await,
+            admin_get(&state, path).await,
             StatusCode::OK,
             "{DEPLOYMENT}: {path} is not answered 200 by phonegate's admin listener"
         );
     }
     assert_eq!(
-        get("/healthz-typo".to_owned()).await,
+        admin_get(&state, "/healthz-typo").await,
         StatusCode::NOT_FOUND,
         "an unknown admin path must be a 404, or a typo'd probe path would pass"
     );
     state.start_draining();
     assert_eq!(
-        get(readiness.clone()).await,
+        admin_get(&state, readiness).await,
         StatusCode::SERVICE_UNAVAILABLE,
         "{DEPLOYMENT}: {readiness} must turn 503 while draining, so the pod leaves the endpoints"
     );
     assert_eq!(
-        get(liveness.clone()).await,
+        admin_get(&state, liveness).await,
         StatusCode::OK,
         "{DEPLOYMENT}: {liveness} must stay 200 while draining, or the kubelet kills the drain"
     );
@@ -1508,66 +1184,51 @@ async fn probe_paths_are_answered_by_the_admin_listener() {
 
 #[tokio::test]
 async fn cache_purges_on_the_pod_admin_port_need_the_optional_token() {
-    let d = deployment();
-    let purge = |state: std::sync::Arc<AppState>, token: Option<&str>| {
+    let purge = |state: Arc<AppState>, token: Option<&str>| {
         let mut req = Request::post("/cache/purge");
         if let Some(token) = token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let req = req
-            .body(Full::new(Bytes::from_static(b"{\"all\":true}")))
-            .expect("request");
-        async move {
-            phonegate::admin::handle(state, req)
-                .await
-                .expect("infallible")
-                .status()
-        }
+        let body = Full::new(Bytes::from_static(b"{\"all\":true}"));
+        admin_status(state, req.body(body).expect("request"))
     };
     // As the template is: no admin-token, so a non-loopback admin listener refuses purges.
-    let without = AppState::new(pod_config(&d)).expect("state");
+    let without = AppState::new(pod_config()).expect("state");
     assert_eq!(
         purge(without, None).await,
         StatusCode::FORBIDDEN,
-        "{DEPLOYMENT}: without admin-token in {SECRET}, POST /cache/purge should be refused as \
-         deploy/README.md says"
+        "{DEPLOYMENT}: without admin-token in {SECRET}, purges must be refused (deploy/README.md)"
     );
-    // With the optional key present in the Secret.
-    // Only admin-token: filling the optional redis-url too would give the state a Redis tier.
-    let env = pod_env_with(&d, &|name| {
-        (name == "PHONEGATE__ADMIN__TOKEN").then(|| PLACEHOLDER.to_owned())
-    });
+    // With the optional key in the Secret (only that one: redis-url would add a Redis tier).
+    let env = pod_env(&|name| (name == "PHONEGATE__ADMIN__TOKEN").then(|| PLACEHOLDER.into()));
     assert_eq!(
         env.get("PHONEGATE__ADMIN__TOKEN").map(String::as_str),
         Some(PLACEHOLDER),
         "{DEPLOYMENT}: the optional admin-token no longer reaches PHONEGATE__ADMIN__TOKEN"
     );
     let with = AppState::new(load(DEPLOYMENT, &configmap_toml(), &env)).expect("state");
+    let status = purge(with.clone(), None).await;
     assert_eq!(
-        purge(with.clone(), None).await,
+        status,
         StatusCode::UNAUTHORIZED,
-        "{DEPLOYMENT}: a purge without the token must be refused"
+        "{DEPLOYMENT}: a purge without the token"
     );
+    let status = purge(with, Some(PLACEHOLDER)).await;
     assert_eq!(
-        purge(with, Some(PLACEHOLDER)).await,
+        status,
         StatusCode::OK,
-        "{DEPLOYMENT}: a purge with PHONEGATE__ADMIN__TOKEN as bearer must be accepted"
+        "{DEPLOYMENT}: a purge with the token"
     );
 }
 
 #[test]
 fn termination_grace_covers_prestop_and_drain() {
-    let d = deployment();
-    let drain = pod_config(&d).server.drain_timeout;
-    let grace = Duration::from_secs(num_at(
-        DEPLOYMENT,
-        pod_spec(&d),
-        &["terminationGracePeriodSeconds"],
-    ));
-    let pre_stop = match container(&d).pointer("/lifecycle/preStop") {
-        None => Duration::ZERO,
-        Some(hook) => Duration::from_secs(num_at(DEPLOYMENT, hook, &["sleep", "seconds"])),
-    };
+    let (drain, d) = (pod_config().startup.server.drain_timeout, deployment());
+    let grace = Duration::from_secs(d.u64("spec.template.spec.terminationGracePeriodSeconds"));
+    let pre_stop = container(&d)
+        .opt("lifecycle.preStop")
+        .map(|h| h.u64("sleep.seconds"));
+    let pre_stop = Duration::from_secs(pre_stop.unwrap_or(0));
     assert!(
         grace > pre_stop + drain,
         "{DEPLOYMENT}: terminationGracePeriodSeconds ({grace:?}) must exceed the preStop sleep \
@@ -1577,145 +1238,271 @@ fn termination_grace_covers_prestop_and_drain() {
 }
 
 #[test]
-fn the_systemd_unit_uses_the_real_flag_exit_code_and_stop_timeout() {
-    let directives = unit_directives();
-    let env = env_file(SYSTEMD_ENV);
-    let systemd_toml = root().join(SYSTEMD_TOML).to_string_lossy().into_owned();
-
-    // Every command line of the unit that runs phonegate, run for real as `check-config`, with the
-    // example file in place of /etc/phonegate/phonegate.toml.
-    let mut config_path = None;
-    for key in ["ExecStart", "ExecReload", "ExecStartPre", "ExecStop"] {
-        for line in unit_values(&directives, key) {
-            let w = words(line.trim_start_matches(['-', '@', '+', '!', ':']));
-            if !w.first().is_some_and(|b| b.ends_with("/phonegate")) {
-                continue;
-            }
-            let flag = w.iter().position(|a| a == "--config").unwrap_or_else(|| {
-                panic!("{UNIT}: {key} runs phonegate without `--config PATH`: {line}")
-            });
-            let path = w.get(flag + 1).expect("--config has a value").clone();
-            if key == "ExecStart" {
-                config_path = Some(path.clone());
-            }
-            let mut args: Vec<String> = w[1..]
-                .iter()
-                .map(|a| {
-                    if *a == path {
-                        systemd_toml.clone()
-                    } else {
-                        a.clone()
-                    }
-                })
-                .collect();
-            if !args.iter().any(|a| a == "check-config") {
-                args.push("check-config".to_owned());
-            }
-            let out = run_binary(&args, &env);
+fn each_kustomization_lists_every_manifest_but_its_secret_template() {
+    for dir in [BASE_DIR, OVERLAY_DIR] {
+        let kfile = format!("{dir}/kustomization.yaml");
+        let k = manifest(&kfile, "Kustomization");
+        let patches = k.list("patches").into_iter().map(|p| p.at("path"));
+        let mut listed = BTreeSet::new();
+        for entry in k.list("resources").into_iter().chain(patches) {
+            let path = normalize(&format!(
+                "{dir}/{}",
+                entry.typed("", Value::as_str, "a path")
+            ));
             assert!(
-                out.status.success(),
-                "{UNIT}: `{key}={line}` fails with {SYSTEMD_TOML} and {SYSTEMD_ENV}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                root().join(&path).exists(),
+                "{kfile}: lists {path}, which does not exist"
             );
+            listed.insert(path);
+        }
+        for path in files(dir, false)
+            .into_iter()
+            .filter(|f| f.ends_with(".yaml") && *f != kfile)
+        {
+            let template = path.ends_with(".example.yaml");
+            assert_eq!(
+                listed.contains(&path),
+                !template,
+                "{kfile}: {path} {}",
+                if template {
+                    "holds placeholders and must not be applied with -k"
+                } else {
+                    "is neither a resource nor a patch"
+                }
+            );
+            let docs = docs(&path);
+            assert_eq!(docs.len(), 1, "{path}: expected exactly one YAML document");
+            for key in ["apiVersion", "kind", "metadata.name"] {
+                docs[0].str(key);
+            }
         }
     }
-    let config_path = config_path.unwrap_or_else(|| panic!("{UNIT}: no ExecStart runs phonegate"));
-    assert_eq!(
-        config_path, "/etc/phonegate/phonegate.toml",
-        "{UNIT}: ExecStart reads another file than the one deploy/README.md installs"
-    );
+}
 
-    // Bad configuration: the binary's exit code must be one systemd will not restart on.
-    let prevent: Vec<String> = unit_values(&directives, "RestartPreventExitStatus")
-        .iter()
-        .flat_map(|v| words(v))
-        .collect();
-    let mut bad_env = env.clone();
-    bad_env.insert("PHONEGATE__LISTEN".to_owned(), "not-an-address".to_owned());
-    let out = run_binary(
-        &[
-            "--config".to_owned(),
-            systemd_toml.clone(),
-            "check-config".to_owned(),
-        ],
-        &bad_env,
-    );
-    let code = out.status.code().expect("exit code").to_string();
-    assert_eq!(
-        code, "64",
-        "phonegate's bad-configuration exit code changed"
-    );
-    assert!(
-        prevent.contains(&code),
-        "{UNIT}: RestartPreventExitStatus {prevent:?} lacks {code}, phonegate's exit code for bad \
-         configuration: a typo would restart-loop"
-    );
-    assert_eq!(unit_value(&directives, "Restart"), "on-failure", "{UNIT}");
-
-    // Stop: longer than the drain.
-    let drain = load(SYSTEMD_TOML, &read(SYSTEMD_TOML), &env)
-        .server
-        .drain_timeout;
-    let stop = systemd_span(UNIT, &unit_value(&directives, "TimeoutStopSec"));
-    assert!(
-        stop > drain,
-        "{UNIT}: TimeoutStopSec ({stop:?}) must exceed server.drain_timeout_ms from \
-         {SYSTEMD_TOML} ({drain:?}), or systemd SIGKILLs requests mid-drain"
-    );
-    let kill = unit_values(&directives, "KillSignal");
-    assert!(
-        kill.is_empty() || kill == ["SIGTERM"],
-        "{UNIT}: KillSignal {kill:?}; phonegate drains on SIGTERM"
-    );
-    for (key, want) in [
-        ("Type", "exec"),
-        ("DynamicUser", "yes"),
-        ("NoNewPrivileges", "yes"),
-        ("ProtectSystem", "strict"),
-        ("CapabilityBoundingSet", ""),
-        ("MemoryDenyWriteExecute", "yes"),
-        ("EnvironmentFile", "-/etc/phonegate/phonegate.env"),
-    ] {
-        assert_eq!(unit_value(&directives, key), want, "{UNIT}: {key}");
+#[test]
+fn every_selector_selects_the_pods_of_exactly_one_deployment() {
+    // In the base, the phonegate pods. In the overlay, the phonegate Service, PDB and HPA target
+    // never count Redis pods, and the reverse.
+    for dir in [BASE_DIR, OVERLAY_DIR] {
+        let objects = kustomize(dir);
+        let deployments = objects_of(&objects, "Deployment");
+        let pods: Vec<(&str, BTreeMap<String, String>)> = deployments
+            .map(|d| {
+                (
+                    d.str("metadata.name"),
+                    d.map("spec.template.metadata.labels"),
+                )
+            })
+            .collect();
+        for o in &objects {
+            let path = match o.str("kind") {
+                "Service" => "spec.selector",
+                "Deployment" | "PodDisruptionBudget" => "spec.selector.matchLabels",
+                "NetworkPolicy" => "spec.podSelector.matchLabels",
+                _ => continue,
+            };
+            let selector = o.map(path);
+            let selected = pods.iter().filter(|(_, labels)| selects(&selector, labels));
+            let selected: Vec<&str> = selected.map(|(name, _)| *name).collect();
+            assert_eq!(
+                selected.len(),
+                1,
+                "{}: {selector:?} selects the pods of {selected:?}",
+                o.file
+            );
+            if o.str("kind") == "Deployment" {
+                assert_eq!(
+                    selected,
+                    [o.str("metadata.name")],
+                    "{}: selects other pods",
+                    o.file
+                );
+            }
+        }
     }
 }
 
-#[test]
-fn systemd_credential_and_api_key_file_agree() {
-    let unit = read(UNIT);
-    // LoadCredential=NAME:SOURCE, active or commented out (managed mode only).
-    let cred = unit
-        .lines()
-        .map(|l| l.trim().trim_start_matches('#').trim())
-        .find_map(|l| l.strip_prefix("LoadCredential="))
-        .unwrap_or_else(|| panic!("{UNIT}: no LoadCredential= line, set or commented"));
-    let (name, _source) = cred
-        .split_once(':')
-        .unwrap_or_else(|| panic!("{UNIT}: LoadCredential={cred} is not NAME:PATH"));
-    let unit_name = Path::new(UNIT)
-        .file_name()
-        .expect("unit file name")
-        .to_string_lossy();
-    let want = format!("/run/credentials/{unit_name}/{name}");
-    let path = toml_path_mention(SYSTEMD_TOML, &read(SYSTEMD_TOML), "api_key_file");
+/// Checks the autoscaling of the Deployment `d` among `objects`: one HorizontalPodAutoscaler
+/// targets it, its replicas are within that HPA's range, no PodDisruptionBudget blocks every
+/// eviction at the minimum, and it requests the CPU the HPA scales on. Returns the minimum.
+fn check_autoscaling(objects: &[Doc], d: &Doc) -> u64 {
+    let name = d.str("metadata.name");
+    let hpas = objects_of(objects, "HorizontalPodAutoscaler");
+    let hpas: Vec<&Doc> = hpas
+        .filter(|h| h.str("spec.scaleTargetRef.name") == name)
+        .collect();
     assert_eq!(
-        path, want,
-        "{SYSTEMD_TOML}: upstream.api_key_file is not where systemd puts the credential {name}"
+        hpas.len(),
+        1,
+        "{}: expected one HPA for Deployment {name}",
+        d.file
+    );
+    let hpa = hpas[0];
+    assert_eq!(
+        hpa.str("spec.scaleTargetRef.kind"),
+        "Deployment",
+        "{}: scaleTargetRef",
+        hpa.file
+    );
+    let (min, max) = (hpa.u64("spec.minReplicas"), hpa.u64("spec.maxReplicas"));
+    let replicas = d.u64("spec.replicas");
+    assert!(
+        (min..=max).contains(&replicas),
+        "{}: replicas {replicas} outside {}'s {min}..={max}",
+        d.file,
+        hpa.file
+    );
+    for pdb in objects_of(objects, "PodDisruptionBudget") {
+        let min_available = pdb.u64("spec.minAvailable");
+        assert!(
+            min_available < min,
+            "{}: minAvailable {min_available} would block every eviction at {min} replicas",
+            pdb.file
+        );
+    }
+    // CPU utilisation is relative to the request (and CPU is the HPA's default metric).
+    let metrics = hpa.list("spec.metrics");
+    if metrics.is_empty()
+        || metrics
+            .iter()
+            .any(|m| m.get("resource.name") == Some(&"cpu".into()))
+    {
+        container(d).at("resources.requests.cpu");
+    }
+    min
+}
+
+#[test]
+fn the_base_hpa_scales_the_deployment_within_the_pdb() {
+    check_autoscaling(&kustomize(BASE_DIR), &deployment());
+}
+
+#[test]
+fn the_cache_key_secret_of_the_template_is_long_enough() {
+    let env = pod_env(UNSET);
+    let key = env
+        .get("PHONEGATE__CACHE__KEY_SECRET")
+        .expect("PHONEGATE__CACHE__KEY_SECRET set");
+    assert!(
+        key.len() >= 16,
+        "{SECRET}: cache-key-secret is shorter than the 16 bytes required"
     );
 }
 
 #[test]
-fn the_dockerfile_builds_locked_runs_non_root_and_points_phonegate_config_at_its_copy() {
-    let instructions = dockerfile();
-    let last = instructions.last().expect("instructions").stage;
-    assert!(last >= 2, "{DOCKERFILE}: expected a multi-stage build");
-
-    let builds: Vec<&Instruction> = instructions
+fn the_upstream_key_is_mounted_from_the_secret_where_api_key_file_points() {
+    let (d, (secret_name, data)) = (deployment(), secret(SECRET));
+    let volumes = d.list("spec.template.spec.volumes");
+    let volume = volumes
         .iter()
-        .filter(|i| i.op == "RUN" && i.args.contains("cargo build"))
-        .collect();
+        .find(|v| v.get("secret").is_some())
+        .expect("a Secret volume");
+    let vname = volume.str("name");
+    assert_eq!(
+        volume.str("secret.secretName"),
+        secret_name,
+        "{DEPLOYMENT}: volume {vname}"
+    );
+    assert!(
+        volume.flag("secret.optional"),
+        "{DEPLOYMENT}: volume {vname} must be optional: passthrough mode has no upstream key"
+    );
+    let item = volume
+        .list("secret.items")
+        .into_iter()
+        .next()
+        .expect("an item of the volume");
+    let key = item.str("key");
+    assert!(
+        data.contains_key(key),
+        "{DEPLOYMENT}: {vname} reads {key}, absent from {SECRET}"
+    );
+    let mount_path = container(&d)
+        .named("volumeMounts", vname)
+        .str("mountPath")
+        .to_owned();
+    assert_eq!(
+        toml_path_mention(CONFIGMAP, "api_key_file"),
+        format!("{}/{}", mount_path.trim_end_matches('/'), item.str("path")),
+        "{CONFIGMAP}: upstream.api_key_file is not where {DEPLOYMENT} mounts the key"
+    );
+}
+
+/// Asserts the container `c` runs as non-root (as `uid`, if given, under RuntimeDefault seccomp),
+/// with a read-only root, no privilege escalation and no capabilities.
+fn assert_locked_down(c: &Doc, uid: Option<u64>) {
+    let mut want: Vec<(&str, Value)> = vec![("runAsNonRoot", true.into())];
+    want.push(("readOnlyRootFilesystem", true.into()));
+    want.push(("allowPrivilegeEscalation", false.into()));
+    if let Some(uid) = uid {
+        want.push(("runAsUser", uid.into()));
+        want.push(("seccompProfile.type", "RuntimeDefault".into()));
+    }
+    for (path, value) in want {
+        let path = format!("securityContext.{path}");
+        assert_eq!(c.at(&path).v, value, "{}: container {path}", c.file);
+    }
+    let drop = c.list("securityContext.capabilities.drop");
+    assert!(
+        drop.iter().any(|v| v.v == "ALL"),
+        "{}: capabilities.drop lacks ALL",
+        c.file
+    );
+}
+
+#[test]
+fn the_pod_runs_as_the_image_user_with_a_locked_down_context() {
+    let user = runtime_one("USER");
+    let uid = user.split(':').next().and_then(|uid| uid.parse().ok());
+    assert_locked_down(
+        &container(&deployment()),
+        Some(uid.expect("a numeric USER")),
+    );
+}
+
+#[test]
+fn the_memory_limit_covers_the_cache_and_upstream_bodies_in_flight() {
+    let (cfg, c) = (pod_config().startup, container(&deployment()));
+    let limit = c.bytes("resources.limits.memory");
+    let worst =
+        cfg.store.max_bytes + cfg.shield.max_in_flight as u64 * cfg.upstream.max_body_bytes as u64;
+    assert!(
+        limit > worst,
+        "{DEPLOYMENT}: memory limit {limit} B does not exceed cache.max_bytes plus \
+         upstream.max_in_flight x upstream.max_body_bytes from {CONFIGMAP} ({worst} B): the pod \
+         would be OOM-killed under load"
+    );
+    let request = c.bytes("resources.requests.memory");
+    assert!(
+        request <= limit,
+        "{DEPLOYMENT}: memory request above the limit"
+    );
+}
+
+#[test]
+fn the_deployment_runs_this_version_of_the_image() {
+    let image = container(&deployment()).str("image").to_owned();
+    let (repo, tag) = image.rsplit_once(':').unwrap_or_default();
+    assert!(repo.ends_with("phonegate"), "{DEPLOYMENT}: image {image:?}");
+    assert_eq!(
+        tag,
+        env!("CARGO_PKG_VERSION"),
+        "{DEPLOYMENT}: image tag vs Cargo.toml's version"
+    );
+}
+
+// ---- tests: the Dockerfile ----
+
+#[test]
+fn the_dockerfile_builds_release_and_locked_in_a_build_stage() {
+    let (instructions, last) = dockerfile();
+    assert!(last >= 2, "{DOCKERFILE}: expected a multi-stage build");
+    let builds = instructions
+        .iter()
+        .filter(|i| i.op == "RUN" && i.args.contains("cargo build"));
+    let builds: Vec<&Instruction> = builds.collect();
     assert!(!builds.is_empty(), "{DOCKERFILE}: no `cargo build` step");
-    for b in &builds {
+    for b in builds {
         assert!(
             b.args.contains("--locked"),
             "{DOCKERFILE}: cargo build without --locked"
@@ -1729,189 +1516,107 @@ fn the_dockerfile_builds_locked_runs_non_root_and_points_phonegate_config_at_its
             "{DOCKERFILE}: the build runs in the runtime stage"
         );
     }
+}
 
-    let final_stage: Vec<&Instruction> = instructions.iter().filter(|i| i.stage == last).collect();
-    let one = |op: &str| -> String {
-        let found: Vec<&&Instruction> = final_stage.iter().filter(|i| i.op == op).collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "{DOCKERFILE}: the runtime stage needs one {op}"
-        );
-        found[0].args.clone()
-    };
-    let user = one("USER");
-    let uid = user.split(':').next().unwrap_or_default();
+#[test]
+fn the_dockerfile_runs_a_numeric_non_root_user_stopped_by_sigterm() {
+    let user = runtime_one("USER");
     assert!(
-        uid.parse::<u32>().is_ok_and(|n| n != 0),
+        user.split(':')
+            .next()
+            .unwrap_or_default()
+            .parse::<u32>()
+            .is_ok_and(|n| n != 0),
         "{DOCKERFILE}: USER {user:?} must be a numeric non-root uid (runAsNonRoot checks it)"
     );
-    let stop = final_stage
-        .iter()
-        .find(|i| i.op == "STOPSIGNAL")
-        .map(|i| i.args.clone());
+    let stop = runtime("STOPSIGNAL");
     assert!(
-        stop.as_deref().is_none_or(|s| s == "SIGTERM" || s == "15"),
+        stop.iter().all(|s| s == "SIGTERM" || s == "15"),
         "{DOCKERFILE}: STOPSIGNAL {stop:?}; phonegate drains on SIGTERM"
     );
+}
 
-    // PHONEGATE_CONFIG names the file the runtime stage copies config/default.toml to.
-    let env = docker_env(&instructions);
-    let config_path = env
-        .get("PHONEGATE_CONFIG")
-        .unwrap_or_else(|| panic!("{DOCKERFILE}: no ENV PHONEGATE_CONFIG"));
-    let copies = docker_copies(&instructions);
-    let config_copy = copies
-        .iter()
-        .filter(|(stage, from, _, _)| *stage == last && from.is_none())
-        .find_map(|(_, _, sources, dest)| {
-            sources
-                .iter()
-                .find(|s| copied_to(s, dest) == *config_path)
-                .cloned()
-        })
-        .unwrap_or_else(|| {
-            panic!("{DOCKERFILE}: PHONEGATE_CONFIG={config_path} is not where any COPY puts a file")
-        });
+#[test]
+fn the_dockerfile_points_phonegate_config_at_its_copy_of_a_repository_file() {
+    let last = dockerfile().1;
+    let path = docker_env()
+        .remove("PHONEGATE_CONFIG")
+        .expect("ENV PHONEGATE_CONFIG");
+    let mut copies = docker_copies()
+        .into_iter()
+        .filter(|c| c.stage == last && !c.from_stage);
+    let copy = copies.find(|c| c.to == path);
+    let copy = copy.unwrap_or_else(|| panic!("{DOCKERFILE}: no COPY puts a file at {path}"));
+    let source = copy.source;
     assert!(
-        root().join(&config_copy).is_file(),
-        "{DOCKERFILE}: copies {config_copy}, which does not exist"
+        root().join(&source).is_file(),
+        "{DOCKERFILE}: copies {source}, which is missing"
     );
+}
 
-    // ENTRYPOINT runs the binary copied from the build stage.
-    let entrypoint = one("ENTRYPOINT");
-    let argv: Vec<String> = serde_json::from_str(&entrypoint).unwrap_or_else(|_| {
-        panic!("{DOCKERFILE}: ENTRYPOINT must be exec form (JSON), so SIGTERM reaches phonegate")
-    });
-    let binary_copy = copies
-        .iter()
-        .filter(|(stage, from, _, _)| *stage == last && from.is_some())
-        .find(|(_, _, sources, dest)| sources.iter().any(|s| copied_to(s, dest) == argv[0]));
+#[test]
+fn the_dockerfile_entrypoint_is_the_binary_from_the_build_stage() {
+    let entrypoint: Vec<String> =
+        serde_json::from_str(&runtime_one("ENTRYPOINT")).unwrap_or_else(|_| {
+            panic!(
+                "{DOCKERFILE}: ENTRYPOINT must be exec form (JSON), so SIGTERM reaches phonegate"
+            )
+        });
+    let binary = entrypoint.first().expect("a non-empty ENTRYPOINT");
+    let last = dockerfile().1;
     assert!(
-        binary_copy.is_some(),
-        "{DOCKERFILE}: ENTRYPOINT {} is not the binary copied from the build stage",
-        argv[0]
+        docker_copies()
+            .iter()
+            .any(|c| c.stage == last && c.from_stage && c.to == *binary),
+        "{DOCKERFILE}: ENTRYPOINT {binary} is not the binary copied from the build stage"
     );
 }
 
 #[test]
 fn the_dockerfile_copies_everything_the_release_build_reads() {
-    let instructions = dockerfile();
-    let last = instructions.last().expect("instructions").stage;
-    let copied: Vec<String> = docker_copies(&instructions)
+    let last = dockerfile().1;
+    let copies = docker_copies()
         .into_iter()
-        .filter(|(stage, from, _, _)| *stage < last && from.is_none())
-        .flat_map(|(_, _, sources, _)| sources)
-        .map(|s| s.trim_start_matches("./").to_owned())
+        .filter(|c| c.stage < last && !c.from_stage);
+    let copied: Vec<String> = copies
+        .map(|c| c.source.trim_start_matches("./").to_owned())
         .collect();
     for source in &copied {
         assert!(
             root().join(source).exists(),
-            "{DOCKERFILE}: COPY {source}, which does not exist in the repository"
+            "{DOCKERFILE}: COPY {source}, which is missing"
         );
     }
-    let is_copied = |rel: &str| {
-        copied.iter().any(|c| {
-            let c = c.trim_end_matches('/');
-            rel == c || rel.starts_with(&format!("{c}/"))
-        })
-    };
+    // Cargo.toml and its lock; the targets Cargo.toml declares, which must exist whenever cargo
+    // reads it, even for a build of the binary alone; a build script.
     let mut needed = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
-
-    // Targets declared in Cargo.toml must exist whenever cargo reads it, even for a build of the
-    // binary alone; so must a build script.
     needed.extend(cargo_declared_files(&read("Cargo.toml")));
     if root().join("build.rs").exists() {
         needed.push("build.rs".to_owned());
     }
-
     // Files pulled into non-test code with include_str!/include_bytes!: a test module is assumed
     // to start at the file's first #[cfg(test)].
-    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read src") {
-            let p = entry.expect("entry").path();
-            if p.is_dir() {
-                sources(&p, out);
-            } else if p.extension().is_some_and(|e| e == "rs") {
-                out.push(p);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    sources(&root().join("src"), &mut files);
-    for file in files {
-        let text = std::fs::read_to_string(&file).expect("read source");
-        let live = &text[..text.find("#[cfg(test)]").unwrap_or(text.len())];
+    for file in files("src", true)
+        .into_iter()
+        .filter(|f| f.ends_with(".rs"))
+    {
+        let text = read(&file);
+        let live = text.split("#[cfg(test)]").next().unwrap_or_default();
         for mac in ["include_str!(\"", "include_bytes!(\""] {
-            for (pos, _) in live.match_indices(mac) {
-                let rest = &live[pos + mac.len()..];
-                let arg = &rest[..rest.find('"').expect("closing quote")];
-                let full = file.parent().expect("dir").join(arg);
-                let mut parts = Vec::new();
-                for c in full.strip_prefix(root()).expect("in repo").components() {
-                    match c {
-                        std::path::Component::ParentDir => {
-                            parts.pop();
-                        }
-                        std::path::Component::Normal(s) => parts.push(s.to_string_lossy()),
-                        _ => {}
-                    }
-                }
-                needed.push(parts.join("/"));
-            }
+            let args = live
+                .split(mac)
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next());
+            needed.extend(args.map(|arg| normalize(&format!("{file}/../{arg}"))));
         }
     }
     for rel in needed {
+        let mut dirs = copied.iter().map(|c| c.trim_end_matches('/'));
         assert!(
-            is_copied(&rel),
+            dirs.any(|c| rel == c || rel.starts_with(&format!("{c}/"))),
             "{DOCKERFILE}: the release build reads {rel}, but the build stage does not COPY it"
         );
     }
-}
-
-/// Files cargo needs to find when it reads `manifest`, whatever it builds: each `[[bench]]`,
-/// `[[test]]` and `[[example]]` table's `path` (or its conventional file), `src` for the library
-/// and binaries, and a `build` script.
-fn cargo_declared_files(manifest: &str) -> Vec<String> {
-    let mut files = Vec::new();
-    let mut section = String::new();
-    let mut target: Option<(String, Option<String>)> = None;
-    for line in manifest.lines().map(str::trim).chain(["[end]"]) {
-        if line.starts_with('[') {
-            if let Some((conventional, path)) = target.take() {
-                let file = path.unwrap_or(conventional);
-                assert!(
-                    !file.is_empty(),
-                    "Cargo.toml: a [[{section}]] table without name or path"
-                );
-                files.push(file);
-            }
-            section = line.trim_matches(['[', ']']).trim().to_owned();
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let (key, value) = (key.trim(), value.trim().trim_matches('"').to_owned());
-        let dir = match section.as_str() {
-            "bench" => "benches",
-            "test" => "tests",
-            "example" => "examples",
-            "bin" | "lib" => "src",
-            "package" if key == "build" && value != "false" && value != "true" => {
-                files.push(value);
-                continue;
-            }
-            _ => continue,
-        };
-        let entry = target.get_or_insert_with(|| (dir.to_owned(), None));
-        match key {
-            "name" if dir != "src" => entry.0 = format!("{dir}/{value}.rs"),
-            "path" => entry.1 = Some(value),
-            _ => {}
-        }
-    }
-    files
 }
 
 #[test]
@@ -1920,649 +1625,444 @@ fn cargo_declared_files_reads_target_tables() {
         "[package]\nname = \"x\"\nbuild = \"gen.rs\"\n\n[lib]\nname = \"x\"\n\n\
          [[bin]]\nname = \"x\"\npath = \"src/main.rs\"\n\n[[bench]]\nname = \"hit_path\"\n\
          harness = false\n\n[[example]]\nname = \"demo\"\npath = \"demos/demo.rs\"\n\n\
-         [dependencies]\nfoo = { path = \"../foo\" }\n",
+         [workspace]\nmembers = [\"crates/mock\"]\n\n\
+         [dependencies]\nfoo = { path = \"../foo\" }\n\
+         [dev-dependencies]\nmock = { path = \"crates/mock\" }\nbar = { path = \"tools/bar\" }\n",
     );
-    assert_eq!(
-        files,
-        [
-            "gen.rs",
-            "src",
-            "src/main.rs",
-            "benches/hit_path.rs",
-            "demos/demo.rs"
-        ]
-    );
+    let want = [
+        "benches/hit_path.rs",
+        "crates/mock",
+        "demos/demo.rs",
+        "gen.rs",
+        "src",
+        "src/main.rs",
+        "tools/bar",
+    ];
+    assert_eq!(files, want);
+}
+
+// ---- tests: the systemd unit and its files ----
+
+fn systemd_toml() -> String {
+    root().join(SYSTEMD_TOML).to_string_lossy().into_owned()
 }
 
 #[test]
-fn the_kustomization_lists_every_manifest_but_the_secret_template() {
-    let k = manifest(KUSTOMIZATION);
-    let listed: BTreeSet<String> = items(KUSTOMIZATION, &k, &["resources"])
-        .iter()
-        .map(|v| v.as_str().expect("resource path").to_owned())
-        .collect();
-    let dir = root().join("deploy/kubernetes");
-    let mut present = BTreeSet::new();
-    for entry in std::fs::read_dir(&dir).expect("read deploy/kubernetes") {
-        let name = entry
-            .expect("entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name.ends_with(".yaml") && name != "kustomization.yaml" {
-            present.insert(name);
-        }
-    }
-    for name in &listed {
-        assert!(
-            present.contains(name),
-            "{KUSTOMIZATION}: lists {name}, which does not exist"
-        );
-    }
-    for name in &present {
-        let example = name.ends_with(".example.yaml");
-        assert_eq!(
-            listed.contains(name),
-            !example,
-            "{KUSTOMIZATION}: {name} {}",
-            if example {
-                "holds placeholders and must not be applied with -k"
-            } else {
-                "is not listed in resources"
+fn the_systemd_exec_lines_pass_check_config_with_the_example_files() {
+    // Every command line of the unit that runs phonegate, run for real as `check-config`, with
+    // the example file in place of the installed one.
+    let (toml, env) = (systemd_toml(), env_file(SYSTEMD_ENV, false));
+    let mut config_path = None;
+    for key in ["ExecStart", "ExecReload", "ExecStartPre", "ExecStop"] {
+        for line in unit_values(key) {
+            let w = words(line.trim_start_matches(['-', '@', '+', '!', ':']));
+            if !w.first().is_some_and(|b| b.ends_with("/phonegate")) {
+                continue;
             }
-        );
-        let doc = manifest(&format!("deploy/kubernetes/{name}"));
-        for key in ["apiVersion", "kind"] {
-            text_at(name, &doc, &[key]);
-        }
-        text_at(name, &doc, &["metadata", "name"]);
-    }
-}
-
-#[test]
-fn selectors_and_references_agree() {
-    let d = deployment();
-    let name = text_at(DEPLOYMENT, &d, &["metadata", "name"]);
-    let pod_labels = string_map(DEPLOYMENT, &d, &["spec", "template", "metadata", "labels"]);
-    let selects_pods = |file: &str, selector: BTreeMap<String, String>| {
-        assert!(!selector.is_empty(), "{file}: empty selector");
-        for (k, v) in &selector {
-            assert_eq!(
-                pod_labels.get(k),
-                Some(v),
-                "{file}: selector {k}={v} does not match the pod template labels {pod_labels:?}"
+            let flag = w.iter().position(|a| a == "--config");
+            let path = flag.and_then(|i| w.get(i + 1));
+            let path = path.unwrap_or_else(|| panic!("{UNIT}: {key} without `--config PATH`"));
+            if key == "ExecStart" {
+                config_path = Some(path.clone());
+            }
+            let mut args: Vec<&str> = w[1..].iter().map(String::as_str).collect();
+            args = args
+                .into_iter()
+                .map(|a| if a == path { toml.as_str() } else { a })
+                .collect();
+            if !args.contains(&"check-config") {
+                args.push("check-config");
+            }
+            let out = run(&args, &env, None);
+            assert!(
+                out.status.success(),
+                "{UNIT}: `{key}={line}` fails with {SYSTEMD_TOML} and {SYSTEMD_ENV}: {}",
+                stderr(&out)
             );
         }
-    };
-    selects_pods(
-        DEPLOYMENT,
-        string_map(DEPLOYMENT, &d, &["spec", "selector", "matchLabels"]),
-    );
-    let svc = manifest(SERVICE);
-    assert_eq!(
-        text_at(SERVICE, &svc, &["spec", "type"]),
-        "ClusterIP",
-        "{SERVICE}: type"
-    );
-    selects_pods(SERVICE, string_map(SERVICE, &svc, &["spec", "selector"]));
-    let pdb = manifest(PDB);
-    selects_pods(
-        PDB,
-        string_map(PDB, &pdb, &["spec", "selector", "matchLabels"]),
-    );
-
-    let hpa = manifest(HPA);
-    assert_eq!(
-        text_at(HPA, &hpa, &["spec", "scaleTargetRef", "kind"]),
-        "Deployment",
-        "{HPA}: scaleTargetRef.kind"
-    );
-    assert_eq!(
-        text_at(HPA, &hpa, &["spec", "scaleTargetRef", "name"]),
-        name,
-        "{HPA}: scaleTargetRef.name is not the Deployment"
-    );
-    let (min, max) = (
-        num_at(HPA, &hpa, &["spec", "minReplicas"]),
-        num_at(HPA, &hpa, &["spec", "maxReplicas"]),
-    );
-    let replicas = num_at(DEPLOYMENT, &d, &["spec", "replicas"]);
-    assert!(
-        min <= replicas && replicas <= max,
-        "{DEPLOYMENT}: replicas {replicas} outside {HPA}'s {min}..={max}"
-    );
-    let min_available = num_at(PDB, &pdb, &["spec", "minAvailable"]);
-    assert!(
-        min_available < min,
-        "{PDB}: minAvailable {min_available} would block every eviction at {min} replicas"
-    );
-    let cpu_metric = items(HPA, &hpa, &["spec", "metrics"])
-        .iter()
-        .any(|m| m.pointer("/resource/name").and_then(Value::as_str) == Some("cpu"));
-    if cpu_metric {
-        text_at(DEPLOYMENT, container(&d), &["resources", "requests", "cpu"]);
     }
-}
-
-#[test]
-fn the_secret_template_has_every_key_the_deployment_reads() {
-    let d = deployment();
-    let data = secret_data();
-    let secret = manifest(SECRET);
-    let secret_name = text_at(SECRET, &secret, &["metadata", "name"]);
-    // Environment references are resolved (and checked) by pod_env.
-    let env = pod_env(&d);
-    let key_secret = env
-        .get("PHONEGATE__CACHE__KEY_SECRET")
-        .unwrap_or_else(|| panic!("{DEPLOYMENT}: PHONEGATE__CACHE__KEY_SECRET is not set"));
-    assert!(
-        key_secret.len() >= 16,
-        "{SECRET}: cache-key-secret is shorter than the 16 bytes phonegate requires"
-    );
-
-    // The upstream key file: mounted from the Secret, optional, where api_key_file points.
-    let volume = items(DEPLOYMENT, pod_spec(&d), &["volumes"])
-        .iter()
-        .find(|v| v.get("secret").is_some())
-        .unwrap_or_else(|| panic!("{DEPLOYMENT}: no Secret volume for the upstream key"));
-    let vname = text_at(DEPLOYMENT, volume, &["name"]);
     assert_eq!(
-        text_at(DEPLOYMENT, volume, &["secret", "secretName"]),
-        secret_name,
-        "{DEPLOYMENT}: volume {vname} mounts another Secret than {SECRET}"
-    );
-    assert_eq!(
-        text_at(DEPLOYMENT, volume, &["secret", "optional"]),
-        "true",
-        "{DEPLOYMENT}: volume {vname} must be optional: passthrough mode has no upstream key"
-    );
-    let item = &items(DEPLOYMENT, volume, &["secret", "items"])[0];
-    let key = text_at(DEPLOYMENT, item, &["key"]);
-    assert!(
-        data.contains_key(key),
-        "{DEPLOYMENT}: volume {vname} reads key {key:?}, absent from {SECRET}"
-    );
-    let mount = named(
-        DEPLOYMENT,
-        items(DEPLOYMENT, container(&d), &["volumeMounts"]),
-        vname,
-        "volumeMount",
-    );
-    let file = format!(
-        "{}/{}",
-        text_at(DEPLOYMENT, mount, &["mountPath"]).trim_end_matches('/'),
-        text_at(DEPLOYMENT, item, &["path"])
-    );
-    assert_eq!(
-        toml_path_mention(CONFIGMAP, &configmap_toml(), "api_key_file"),
-        file,
-        "{CONFIGMAP}: upstream.api_key_file is not where {DEPLOYMENT} mounts the key"
+        config_path.as_deref(),
+        Some("/etc/phonegate/phonegate.toml"),
+        "{UNIT}: ExecStart reads another file than the one deploy/README.md installs"
     );
 }
 
 #[test]
-fn the_pod_runs_as_the_image_user_with_a_locked_down_context() {
-    let d = deployment();
-    let c = container(&d);
-    let user = dockerfile()
-        .into_iter()
-        .rev()
-        .find(|i| i.op == "USER")
-        .map(|i| i.args)
-        .unwrap_or_else(|| panic!("{DOCKERFILE}: no USER"));
-    let uid = user.split(':').next().unwrap_or_default().to_owned();
-    for (path, want) in [
-        (&["securityContext", "runAsNonRoot"][..], "true"),
-        (&["securityContext", "runAsUser"][..], uid.as_str()),
-        (&["securityContext", "readOnlyRootFilesystem"][..], "true"),
-        (
-            &["securityContext", "allowPrivilegeEscalation"][..],
-            "false",
-        ),
-        (
-            &["securityContext", "seccompProfile", "type"][..],
-            "RuntimeDefault",
-        ),
+fn the_systemd_unit_does_not_restart_on_bad_configuration() {
+    let mut env = env_file(SYSTEMD_ENV, false);
+    env.insert("PHONEGATE__LISTEN".to_owned(), "not-an-address".to_owned());
+    let out = run(&["--config", &systemd_toml(), "check-config"], &env, None);
+    let code = out.status.code().expect("an exit code").to_string();
+    assert_eq!(
+        code, "64",
+        "phonegate's bad-configuration exit code changed"
+    );
+    let prevent = unit_values("RestartPreventExitStatus");
+    assert!(
+        prevent.iter().flat_map(|v| words(v)).any(|c| c == code),
+        "{UNIT}: RestartPreventExitStatus {prevent:?} lacks {code}, phonegate's exit code for bad \
+         configuration: a typo would restart-loop"
+    );
+    assert_eq!(unit_value("Restart"), "on-failure", "{UNIT}: Restart");
+}
+
+#[test]
+fn the_systemd_stop_timeout_covers_the_drain_on_sigterm() {
+    let cfg = load(
+        SYSTEMD_TOML,
+        &read(SYSTEMD_TOML),
+        &env_file(SYSTEMD_ENV, false),
+    );
+    let drain = cfg.startup.server.drain_timeout;
+    let span = unit_value("TimeoutStopSec");
+    let stop = span
+        .parse()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(&span));
+    let stop = stop.unwrap_or_else(|e| panic!("{UNIT}: TimeoutStopSec={span}: {e}"));
+    assert!(
+        stop > drain,
+        "{UNIT}: TimeoutStopSec ({stop:?}) must exceed server.drain_timeout_ms from \
+         {SYSTEMD_TOML} ({drain:?}), or systemd SIGKILLs requests mid-drain"
+    );
+    let kill = unit_values("KillSignal");
+    assert!(
+        kill.is_empty() || kill == ["SIGTERM"],
+        "{UNIT}: KillSignal {kill:?}; phonegate drains on SIGTERM"
+    );
+}
+
+#[test]
+fn the_systemd_unit_is_sandboxed_and_reads_its_environment_file() {
+    for (key, want) in [
+        ("Type", "exec"),
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("CapabilityBoundingSet", ""),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("EnvironmentFile", "-/etc/phonegate/phonegate.env"),
     ] {
-        assert_eq!(
-            text_at(DEPLOYMENT, c, path),
-            want,
-            "{DEPLOYMENT}: container {} (image USER is {user})",
-            path.join(".")
-        );
+        assert_eq!(unit_value(key), want, "{UNIT}: {key}");
     }
-    let drop = items(DEPLOYMENT, c, &["securityContext", "capabilities", "drop"]);
-    assert!(
-        drop.iter().any(|v| v == "ALL"),
-        "{DEPLOYMENT}: capabilities.drop lacks ALL"
-    );
 }
 
 #[test]
-fn the_memory_limit_covers_the_cache_and_upstream_bodies_in_flight() {
-    let d = deployment();
-    let cfg = pod_config(&d);
-    let c = container(&d);
-    let limit = quantity(
-        DEPLOYMENT,
-        text_at(DEPLOYMENT, c, &["resources", "limits", "memory"]),
-    );
-    let request = quantity(
-        DEPLOYMENT,
-        text_at(DEPLOYMENT, c, &["resources", "requests", "memory"]),
-    );
-    let worst =
-        cfg.cache.max_bytes + cfg.shield.max_in_flight as u64 * cfg.upstream.max_body_bytes as u64;
-    assert!(
-        limit > worst,
-        "{DEPLOYMENT}: memory limit {limit} B does not exceed cache.max_bytes plus \
-         upstream.max_in_flight x upstream.max_body_bytes from {CONFIGMAP} ({worst} B): the pod \
-         would be OOM-killed under load"
-    );
-    assert!(
-        request <= limit,
-        "{DEPLOYMENT}: memory request above the limit"
-    );
-}
-
-#[test]
-fn the_deployment_runs_this_version_of_the_image() {
-    let d = deployment();
-    let image = text_at(DEPLOYMENT, container(&d), &["image"]);
-    let (repo, tag) = image
-        .rsplit_once(':')
-        .unwrap_or_else(|| panic!("{DEPLOYMENT}: image {image:?} has no tag"));
-    assert!(repo.ends_with("phonegate"), "{DEPLOYMENT}: image {image:?}");
+fn systemd_credential_and_api_key_file_agree() {
+    // LoadCredential=NAME:SOURCE, active or commented out (managed mode only).
+    let unit = read(UNIT);
+    let mut lines = unit
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim());
+    let cred = lines.find_map(|l| l.strip_prefix("LoadCredential=")?.split_once(':'));
+    let (name, _) = cred.unwrap_or_else(|| panic!("{UNIT}: no LoadCredential=NAME:PATH line"));
+    let unit_name = UNIT.rsplit('/').next().unwrap_or_default();
     assert_eq!(
-        tag,
-        env!("CARGO_PKG_VERSION"),
-        "{DEPLOYMENT}: image tag differs from the crate version in Cargo.toml"
+        toml_path_mention(SYSTEMD_TOML, "api_key_file"),
+        format!("/run/credentials/{unit_name}/{name}"),
+        "{SYSTEMD_TOML}: upstream.api_key_file is not where systemd puts the credential {name}"
     );
 }
 
-// ---- several replicas with Redis (kubernetes-replicas-with-redis) and Redis in the base ----
+#[test]
+fn the_commented_redis_examples_of_the_systemd_files_are_valid_defaults() {
+    let toml = read(SYSTEMD_TOML);
+    let lines: Vec<&str> = toml.lines().map(str::trim).collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "# [redis]")
+        .expect("a `# [redis]` example");
+    // Its settings: `# key = value` and `# [table]` lines up to the next uncommented line.
+    let mut block = Vec::new();
+    for line in lines[start..]
+        .iter()
+        .take_while(|l| l.is_empty() || l.starts_with('#'))
+    {
+        let t = line.trim_start_matches('#').trim();
+        let key = t.split_once('=').map_or("", |(k, _)| k.trim());
+        if t.starts_with("[redis")
+            || !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            block.push(t);
+        }
+    }
+    assert!(block.len() > 2, "{SYSTEMD_TOML}: empty [redis] example");
+    let uncommented = format!("{toml}\n{}\n", block.join("\n"));
+    let env = env_file(SYSTEMD_ENV, true);
+    assert!(
+        env.contains_key("PHONEGATE__REDIS__URL"),
+        "{SYSTEMD_ENV}: no PHONEGATE__REDIS__URL"
+    );
+    let plain = load(SYSTEMD_TOML, &toml, &env)
+        .startup
+        .redis
+        .expect("a tier from the URL");
+    let what = format!("{SYSTEMD_TOML} with its [redis] example uncommented");
+    let mut example = load(&what, &uncommented, &env)
+        .startup
+        .redis
+        .expect("a tier");
+    example.ca_path = None;
+    assert_eq!(
+        example, plain,
+        "{what}: its values are not the defaults it says they are"
+    );
+    // And the real binary, as the unit runs it.
+    let file = temp_file(&uncommented);
+    let out = run(
+        &["--config", &file.to_string_lossy(), "check-config"],
+        &env,
+        None,
+    );
+    std::fs::remove_file(&file).ok();
+    assert!(
+        out.status.success(),
+        "{what}: check-config fails: {}",
+        stderr(&out)
+    );
+}
+
+// ---- tests: several replicas with Redis (kubernetes-replicas-with-redis), and Redis in the base ----
 
 #[test]
-fn the_kustomize_reader_merges_patches_by_key() {
-    let target = [
-        "kind: Deployment",
-        "spec:",
-        "  replicas: 2",
-        "  template:",
-        "    spec:",
-        "      containers:",
-        "        - name: a",
-        "          image: x",
-        "          env:",
-        "            - name: K",
-        "              valueFrom:",
-        "                secretKeyRef:",
-        "                  key: k",
-        "                  optional: true",
-        "            - name: L",
-        "              value: l",
-    ];
-    let patch = [
-        "spec:",
-        "  replicas: 3",
-        "  template:",
-        "    spec:",
-        "      containers:",
-        "        - name: a",
-        "          env:",
-        "            - name: K",
-        "              valueFrom:",
-        "                secretKeyRef:",
-        "                  optional: false",
-    ];
-    let mut target = yaml::parse("inline", &target.join("\n")).remove(0);
-    let patch = yaml::parse("inline", &patch.join("\n")).remove(0);
+fn the_strategic_merge_merges_lists_by_key() {
+    let yaml = |text: &str| serde_norway::from_str::<Value>(text).expect("YAML");
+    let mut target = yaml(
+        "spec: {replicas: 2, template: {spec: {containers: [{name: a, image: x, env: [
+           {name: K, valueFrom: {secretKeyRef: {key: k, optional: true}}}, {name: L, value: l}]}]}}}",
+    );
+    let patch = yaml(
+        "spec: {replicas: 3, template: {spec: {containers: [{name: a, env: [
+           {name: K, valueFrom: {secretKeyRef: {optional: false}}}]}]}}}",
+    );
     strategic_merge("inline", "", &mut target, &patch);
-    assert_eq!(target["spec"]["replicas"], "3");
-    let c = &target["spec"]["template"]["spec"]["containers"];
-    assert_eq!(c.as_array().map(Vec::len), Some(1));
-    assert_eq!(c[0]["image"], "x");
-    let env = &c[0]["env"];
-    assert_eq!(env.as_array().map(Vec::len), Some(2));
-    assert_eq!(env[0]["valueFrom"]["secretKeyRef"]["key"], "k");
-    assert_eq!(env[0]["valueFrom"]["secretKeyRef"]["optional"], "false");
-    assert_eq!(env[1]["value"], "l");
-    assert_eq!(
-        normalize("deploy/kubernetes-replicas-with-redis/../kubernetes"),
-        BASE_DIR
+    let want = yaml(
+        "spec: {replicas: 3, template: {spec: {containers: [{name: a, image: x, env: [
+           {name: K, valueFrom: {secretKeyRef: {key: k, optional: false}}}, {name: L, value: l}]}]}}}",
     );
+    assert_eq!(target, want);
+    assert_eq!(normalize(&format!("{OVERLAY_DIR}/../kubernetes")), BASE_DIR);
 }
 
 #[test]
-fn the_overlay_builds_on_the_base_and_lists_every_file_but_its_secret_template() {
-    let kfile = format!("{OVERLAY_DIR}/kustomization.yaml");
-    let k = manifest(&kfile);
-    let mut listed = BTreeSet::new();
-    for r in items(&kfile, &k, &["resources"]) {
-        let path = normalize(&format!("{OVERLAY_DIR}/{}", r.as_str().expect("a path")));
-        assert!(
-            root().join(&path).exists(),
-            "{kfile}: resource {path} does not exist"
-        );
-        listed.insert(path);
-    }
-    assert!(
-        listed.contains(BASE_DIR),
-        "{kfile}: does not build on the base ({BASE_DIR})"
+fn the_overlay_builds_on_the_base() {
+    let k = manifest(
+        &format!("{OVERLAY_DIR}/kustomization.yaml"),
+        "Kustomization",
     );
-    if k.get("patches").is_some() {
-        for p in items(&kfile, &k, &["patches"]) {
-            listed.insert(normalize(&format!(
-                "{OVERLAY_DIR}/{}",
-                text_at(&kfile, p, &["path"])
-            )));
-        }
-    }
-    let mut present = 0;
-    for entry in std::fs::read_dir(root().join(OVERLAY_DIR)).expect("read the overlay") {
-        let name = entry
-            .expect("entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if !name.ends_with(".yaml") || name == "kustomization.yaml" {
-            continue;
-        }
-        present += 1;
-        let path = format!("{OVERLAY_DIR}/{name}");
-        let example = name.ends_with(".example.yaml");
-        assert_eq!(
-            listed.contains(&path),
-            !example,
-            "{kfile}: {name} {}",
-            if example {
-                "holds placeholders and must not be applied with -k"
-            } else {
-                "is neither a resource nor a patch"
-            }
-        );
-        let doc = manifest(&path);
-        for key in ["apiVersion", "kind"] {
-            text_at(&path, &doc, &[key]);
-        }
-        text_at(&path, &doc, &["metadata", "name"]);
-    }
-    assert!(present >= 4, "{OVERLAY_DIR}: expected its manifests");
-
+    let resources = k
+        .list("resources")
+        .into_iter()
+        .map(|r| r.typed("", Value::as_str, "a path").to_owned());
+    let mut resources = resources.map(|r| normalize(&format!("{OVERLAY_DIR}/{r}")));
+    assert!(
+        resources.any(|r| r == BASE_DIR),
+        "{OVERLAY_DIR}: does not build on {BASE_DIR}"
+    );
+    let manifests = files(OVERLAY_DIR, false)
+        .into_iter()
+        .filter(|f| f.ends_with(".yaml"));
+    assert!(
+        manifests.count() > 4,
+        "{OVERLAY_DIR}: expected its manifests"
+    );
     // Everything of the base is still there, plus the overlay's own objects.
-    let base = kustomize(BASE_DIR);
-    let built = kustomize(OVERLAY_DIR);
-    for (file, o) in &base {
-        object(
-            &built,
-            text_at(file, o, &["kind"]),
-            text_at(file, o, &["metadata", "name"]),
-        );
+    let (base, built) = (kustomize(BASE_DIR), kustomize(OVERLAY_DIR));
+    for o in &base {
+        object(&built, o.str("kind"), o.str("metadata.name"));
     }
     assert!(
         built.len() > base.len(),
-        "{kfile}: adds nothing to the base"
+        "{OVERLAY_DIR}: adds nothing to the base"
     );
 }
 
 #[test]
 fn the_overlay_runs_at_least_three_replicas_within_its_hpa_range() {
-    let built = kustomize(OVERLAY_DIR);
-    let (dfile, d) = overlay_phonegate();
-    let name = text_at(&dfile, &d, &["metadata", "name"]);
-    let replicas = num_at(&dfile, &d, &["spec", "replicas"]);
+    let d = overlay_phonegate();
+    let replicas = d.u64("spec.replicas");
     assert!(
         replicas >= 3,
-        "{dfile}: {replicas} replicas; the overlay is the several-replicas example"
+        "{}: {replicas} replicas; the overlay is about several",
+        d.file
     );
-    let hpas: Vec<_> = objects_of(&built, "HorizontalPodAutoscaler")
-        .into_iter()
-        .filter(|(f, h)| text_at(f, h, &["spec", "scaleTargetRef", "name"]) == name)
-        .collect();
-    assert_eq!(
-        hpas.len(),
-        1,
-        "{OVERLAY_DIR}: one HPA for Deployment {name}"
-    );
-    let (hfile, hpa) = hpas[0];
-    let (min, max) = (
-        num_at(hfile, hpa, &["spec", "minReplicas"]),
-        num_at(hfile, hpa, &["spec", "maxReplicas"]),
-    );
+    let min = check_autoscaling(&kustomize(OVERLAY_DIR), &d);
     assert!(
         min >= 3,
-        "{hfile}: minReplicas {min}: the HPA would scale the overlay back below 3 replicas"
+        "{OVERLAY_DIR}: minReplicas {min}: the HPA would scale below 3 replicas"
     );
-    assert!(
-        min <= replicas && replicas <= max,
-        "{dfile}: replicas {replicas} outside {hfile}'s {min}..={max}"
-    );
-    for (pfile, pdb) in objects_of(&built, "PodDisruptionBudget") {
-        let min_available = num_at(pfile, pdb, &["spec", "minAvailable"]);
-        assert!(
-            min_available < min,
-            "{pfile}: minAvailable {min_available} would block every eviction at {min} replicas"
-        );
-    }
 }
 
 #[test]
-fn the_overlay_pods_start_with_the_shared_tier_and_the_shared_key() {
-    let d = overlay_phonegate();
-    let c = overlay_container(&d);
-    let var = named(
-        &d.0,
-        items(&d.0, c, &["env"]),
-        "PHONEGATE__REDIS__URL",
-        "env",
+fn the_overlay_requires_redis_url() {
+    let var = container(&overlay_phonegate()).named("env", "PHONEGATE__REDIS__URL");
+    assert!(
+        !var.flag("valueFrom.secretKeyRef.optional"),
+        "{}: redis-url must be required in the overlay, or a Secret without it quietly runs \
+         the replicas without the shared tier",
+        var.file
     );
-    let r = at(&d.0, var, &["valueFrom", "secretKeyRef"]);
-    assert_ne!(
-        r.get("optional").and_then(Value::as_str),
-        Some("true"),
-        "{}: redis-url must be required in the overlay, or a Secret without it quietly runs the \
-         replicas without the shared tier",
-        d.0
-    );
-    let data = secret_data_of(OVERLAY_SECRET);
-    let env = overlay_env(&d, &|_| None);
-    let cfg = load(
-        &format!("{CONFIGMAP} with the env of {} and {OVERLAY_SECRET}", d.0),
-        &configmap_toml(),
-        &env,
-    );
-    let redis = cfg
-        .redis
-        .as_ref()
-        .unwrap_or_else(|| panic!("{}: the shared tier is off", d.0));
+}
+
+#[test]
+fn the_overlay_pods_get_the_shared_tier_and_the_shared_key() {
+    let (_, data) = secret(OVERLAY_SECRET);
+    let what = format!("{CONFIGMAP} with the env of the overlay");
+    let cfg = load(&what, &configmap_toml(), &overlay_env(UNSET)).startup;
+    let redis = cfg.redis.expect("the shared tier on");
     let urls: Vec<&str> = redis.urls.iter().map(|u| u.expose()).collect();
     assert_eq!(
         urls,
-        [data["redis-url"].as_str()],
-        "{OVERLAY_SECRET}: redis-url does not reach redis.url"
+        [&data["redis-url"]],
+        "{OVERLAY_SECRET}: redis-url is not redis.url"
     );
     assert!(!redis.cluster, "{CONFIGMAP}: redis.cluster with one Redis");
     assert_eq!(
-        cfg.cache
-            .key_secret
-            .as_ref()
-            .map(phonegate::config::Secret::expose),
+        cfg.store.key_secret.as_ref().map(|s| s.expose()),
         Some(data["cache-key-secret"].as_str()),
         "{OVERLAY_SECRET}: cache-key-secret does not reach cache.key_secret"
-    );
-
-    // The real binary, started as the container starts it.
-    let file = temp_file("configmap.toml", &configmap_toml());
-    let mut run_env = env.clone();
-    run_env.insert(
-        "PHONEGATE_CONFIG".to_owned(),
-        file.to_string_lossy().into_owned(),
-    );
-    let out = run_binary(&["check-config".to_owned()], &run_env);
-    let password = &data["redis-password"];
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{}: `phonegate check-config` fails: {}",
-        d.0,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !printed.contains(password.as_str()),
-        "check-config printed the Redis password"
-    );
-    let shown: Value = serde_json::from_slice(&out.stdout).expect("check-config prints JSON");
-    assert!(
-        shown["redis"]["url"].as_str().is_some(),
-        "{}: check-config shows no redis.url: {shown}",
-        d.0
-    );
-
-    // Without the shared key the replicas would not agree: start-up refuses, naming it.
-    run_env.remove("PHONEGATE__CACHE__KEY_SECRET");
-    let out = run_binary(&["check-config".to_owned()], &run_env);
-    std::fs::remove_file(&file).ok();
-    assert_eq!(
-        out.status.code(),
-        Some(64),
-        "redis.url without cache.key_secret must be refused with exit code 64"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cache.key_secret"),
-        "the refusal must name cache.key_secret: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
 #[test]
-fn the_overlay_redis_url_reaches_its_redis_with_the_password_it_requires() {
-    let built = kustomize(OVERLAY_DIR);
-    let data = secret_data_of(OVERLAY_SECRET);
-    let url = data
-        .get("redis-url")
-        .unwrap_or_else(|| panic!("{OVERLAY_SECRET}: no redis-url"));
-    // The Redis client's own reading of the URL, as phonegate's.
-    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-        .unwrap_or_else(|e| panic!("{OVERLAY_SECRET}: redis-url is not a Redis URL: {e}"));
-    let (host, port) = match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
-        other => panic!("{OVERLAY_SECRET}: redis-url is not TCP: {other:?}"),
-    };
-
-    let (rfile, rdep, rc) = overlay_redis(&built);
-    let redis_labels = string_map(&rfile, &rdep, &["spec", "template", "metadata", "labels"]);
-    let redis_env = container_env(&rfile, &rc, OVERLAY_SECRET, &|_| None);
-    let args = expanded_args(&rfile, &rc, &redis_env);
-    let listens: u16 = flag_value(&args, "--port").map_or(6379, |p| {
-        p.parse()
-            .unwrap_or_else(|_| panic!("{rfile}: --port {p:?}"))
-    });
-    let container_port = |reference: &str| -> u16 {
-        reference.parse().unwrap_or_else(|_| {
-            let p = named(&rfile, items(&rfile, &rc, &["ports"]), reference, "port");
-            num_at(&rfile, p, &["containerPort"]) as u16
-        })
-    };
-    let redis_ports = items(&rfile, &rc, &["ports"]);
-    assert!(
-        redis_ports
-            .iter()
-            .any(|p| num_at(&rfile, p, &["containerPort"]) == u64::from(listens)),
-        "{rfile}: no containerPort is the port redis-server listens on ({listens})"
+fn the_overlay_container_passes_check_config_without_printing_the_redis_password() {
+    let out = run(
+        &["check-config"],
+        &overlay_env(UNSET),
+        Some(&configmap_toml()),
     );
+    assert!(
+        out.status.success(),
+        "{OVERLAY_DIR}: check-config fails: {}",
+        stderr(&out)
+    );
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    let password = &secret(OVERLAY_SECRET).1["redis-password"];
+    assert!(
+        !printed.contains(password),
+        "check-config printed the Redis password"
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(
+        shown["redis"]["url"].is_string(),
+        "{OVERLAY_DIR}: no redis.url in {shown}"
+    );
+}
 
+#[test]
+fn the_overlay_without_the_shared_key_is_refused_with_exit_64_naming_it() {
+    // Without the shared key the replicas would not agree: start-up refuses, naming it.
+    let mut env = overlay_env(UNSET);
+    env.remove("PHONEGATE__CACHE__KEY_SECRET");
+    let out = run(&["check-config"], &env, Some(&configmap_toml()));
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "redis.url without cache.key_secret must exit 64"
+    );
+    assert!(
+        stderr(&out).contains("cache.key_secret"),
+        "no cache.key_secret in {}",
+        stderr(&out)
+    );
+}
+
+/// The overlay's redis-url as the Redis client (phonegate's) reads it: host, port, password.
+fn overlay_redis_url() -> (String, u16, Option<String>) {
+    let url = secret(OVERLAY_SECRET)
+        .1
+        .remove("redis-url")
+        .expect("redis-url in the Secret");
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str());
+    let info = info.unwrap_or_else(|e| panic!("{OVERLAY_SECRET}: redis-url: {e}"));
+    let password = info.redis_settings().password().map(str::to_owned);
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port, password),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port, password),
+        other => panic!("{OVERLAY_SECRET}: redis-url is not TCP: {other:?}"),
+    }
+}
+
+#[test]
+fn the_overlay_redis_url_leads_to_the_port_redis_listens_on() {
+    let ((host, port, _), built) = (overlay_redis_url(), kustomize(OVERLAY_DIR));
+    let (d, c, args) = redis_of(&built);
+    let listens = redis_port(&args);
+    assert!(
+        c.list("ports")
+            .iter()
+            .any(|p| p.u64("containerPort") == u64::from(listens)),
+        "{}: no containerPort is the port redis-server listens on ({listens})",
+        c.file
+    );
     // The URL's host is the Redis Service (name, or name.namespace[.svc...]), its port one of
     // the Service's ports, and that port leads to the port redis-server listens on.
     let service = host.split('.').next().unwrap_or_default();
-    let (sfile, svc) = object(&built, "Service", service);
+    let svc = object(&built, "Service", service);
     assert!(
         selects(
-            &string_map(sfile, svc, &["spec", "selector"]),
-            &redis_labels
+            &svc.map("spec.selector"),
+            &d.map("spec.template.metadata.labels")
         ),
-        "{sfile}: Service {service} (the host of redis-url) does not select the Redis pods"
+        "{}: Service {service} (the host of redis-url) does not select the Redis pods",
+        svc.file
     );
-    let sport = items(sfile, svc, &["spec", "ports"])
-        .iter()
-        .find(|p| num_at(sfile, p, &["port"]) == u64::from(port))
-        .unwrap_or_else(|| {
-            panic!("{sfile}: Service {service} has no port {port}, the port of redis-url")
-        });
-    let target = match sport.get("targetPort") {
-        Some(t) => container_port(t.as_str().unwrap_or_default()),
-        None => port,
-    };
+    let ports = svc.list("spec.ports");
+    let sport = ports.iter().find(|p| p.u64("port") == u64::from(port));
+    let sport = sport.unwrap_or_else(|| panic!("{}: {service} has no port {port}", svc.file));
+    let target = sport.get("targetPort").map_or(port, |t| c.port(t));
     assert_eq!(
         target, listens,
-        "{sfile}: port {port} targets {target}, but redis-server listens on {listens}"
+        "{}: port {port} does not lead to redis-server",
+        svc.file
     );
+}
 
-    // The password in the URL is the one redis-server requires, and both come from redis-password.
-    let required = flag_value(&args, "--requirepass")
-        .unwrap_or_else(|| panic!("{rfile}: redis-server without --requirepass"));
-    assert_eq!(
-        Some(required),
-        data.get("redis-password").map(String::as_str),
-        "{rfile}: --requirepass is not the Secret's redis-password"
+#[test]
+fn the_overlay_redis_url_has_the_password_redis_requires_from_the_secret() {
+    let (_, c, args) = redis_of(&kustomize(OVERLAY_DIR));
+    let required = arg(&args, "--requirepass");
+    assert!(
+        required.is_some(),
+        "{}: redis-server without --requirepass",
+        c.file
     );
+    let (_, data) = secret(OVERLAY_SECRET);
+    let password = data.get("redis-password").map(String::as_str);
     assert_eq!(
-        info.redis_settings().password(),
-        Some(required),
-        "{OVERLAY_SECRET}: the password in redis-url differs from redis-password"
+        required, password,
+        "{}: --requirepass is not redis-password",
+        c.file
     );
+    let in_url = overlay_redis_url().2;
+    assert_eq!(
+        in_url.as_deref(),
+        required,
+        "{OVERLAY_SECRET}: redis-url has another password"
+    );
+}
 
-    // Selectors keep the two kinds of pods apart: the phonegate Service, PDB and HPA target never
-    // count Redis pods, and the NetworkPolicy lets exactly phonegate pods reach Redis.
-    let (pfile, pd) = object(&built, "Deployment", "phonegate");
-    let pg_labels = string_map(pfile, pd, &["spec", "template", "metadata", "labels"]);
-    for (file, o) in &built {
-        let path: &[&str] = match text_at(file, o, &["kind"]) {
-            "Service" => &["spec", "selector"],
-            "Deployment" | "PodDisruptionBudget" => &["spec", "selector", "matchLabels"],
-            "NetworkPolicy" => &["spec", "podSelector", "matchLabels"],
-            _ => continue,
+#[test]
+fn the_overlay_network_policy_lets_phonegate_pods_reach_redis() {
+    let built = kustomize(OVERLAY_DIR);
+    let (redis, c, args) = redis_of(&built);
+    let listens = redis_port(&args);
+    let phonegate = object(&built, "Deployment", "phonegate").map("spec.template.metadata.labels");
+    let redis = redis.map("spec.template.metadata.labels");
+    let policies = objects_of(&built, "NetworkPolicy");
+    let policies = policies.filter(|np| selects(&np.map("spec.podSelector.matchLabels"), &redis));
+    let rules: Vec<Doc> = policies.flat_map(|np| np.list("spec.ingress")).collect();
+    let admitted = rules.iter().any(|rule| {
+        let from = |f: &Doc| {
+            f.get("podSelector").is_some() && selects(&f.map("podSelector.matchLabels"), &phonegate)
         };
-        let selector = string_map(file, o, path);
-        let (pg, rd) = (
-            selects(&selector, &pg_labels),
-            selects(&selector, &redis_labels),
-        );
-        assert!(
-            pg != rd,
-            "{file}: selects {} of phonegate's and Redis's pods",
-            if pg { "both" } else { "neither" }
-        );
-    }
-    let mut admitted = false;
-    for (file, np) in objects_of(&built, "NetworkPolicy") {
-        if !selects(
-            &string_map(file, np, &["spec", "podSelector", "matchLabels"]),
-            &redis_labels,
-        ) {
-            continue;
-        }
-        for rule in items(file, np, &["spec", "ingress"]) {
-            let from_phonegate = items(file, rule, &["from"]).iter().any(|f| {
-                f.get("podSelector").is_some()
-                    && selects(
-                        &string_map(file, f, &["podSelector", "matchLabels"]),
-                        &pg_labels,
-                    )
-            });
-            let to_redis = items(file, rule, &["ports"])
-                .iter()
-                .any(|p| container_port(text_at(file, p, &["port"])) == listens);
-            admitted |= from_phonegate && to_redis;
-        }
-    }
+        let to = |p: &Doc| c.port(&p.at("port").v) == listens;
+        rule.list("from").iter().any(from) && rule.list("ports").iter().any(to)
+    });
     assert!(
         admitted,
-        "{OVERLAY_DIR}: no NetworkPolicy ingress rule lets phonegate pods reach Redis on {listens}"
+        "{OVERLAY_DIR}: no NetworkPolicy lets phonegate pods reach Redis on {listens}"
     );
 }
 
@@ -2570,42 +2070,29 @@ fn the_overlay_redis_url_reaches_its_redis_with_the_password_it_requires() {
 fn every_secret_key_the_manifests_read_is_in_their_secret_template() {
     let mut documented = BTreeMap::new();
     for (dir, secret_file) in [(BASE_DIR, SECRET), (OVERLAY_DIR, OVERLAY_SECRET)] {
-        let secret = manifest(secret_file);
-        let secret_name = text_at(secret_file, &secret, &["metadata", "name"]).to_owned();
-        let data = secret_data_of(secret_file);
+        let (secret_name, data) = secret(secret_file);
         let commented = commented_secret_keys(secret_file);
+        // (file, Secret name, key, optional) of every env reference and Secret volume item.
         let mut refs = Vec::new();
-        for (file, d) in objects_of(&kustomize(dir), "Deployment") {
-            let spec = at(file, d, &["spec", "template", "spec"]);
-            for c in items(file, spec, &["containers"]) {
-                let vars = match c.get("env") {
-                    Some(_) => items(file, c, &["env"]),
-                    None => &[],
-                };
-                for var in vars {
-                    if let Some(r) = var.pointer("/valueFrom/secretKeyRef") {
-                        refs.push((
-                            file.clone(),
-                            text_at(file, r, &["name"]).to_owned(),
-                            text_at(file, r, &["key"]).to_owned(),
-                            r.get("optional").and_then(Value::as_str) == Some("true"),
-                        ));
-                    }
+        for d in objects_of(&kustomize(dir), "Deployment") {
+            for c in d.list("spec.template.spec.containers") {
+                for r in c
+                    .list("env")
+                    .iter()
+                    .filter_map(|v| v.opt("valueFrom.secretKeyRef"))
+                {
+                    let (name, key) = (r.str("name").to_owned(), r.str("key").to_owned());
+                    refs.push((r.file.clone(), name, key, r.flag("optional")));
                 }
             }
-            let volumes = match spec.get("volumes") {
-                Some(_) => items(file, spec, &["volumes"]),
-                None => &[],
-            };
-            for v in volumes.iter().filter_map(|v| v.get("secret")) {
-                let optional = v.get("optional").and_then(Value::as_str) == Some("true");
-                for item in items(file, v, &["items"]) {
-                    refs.push((
-                        file.clone(),
-                        text_at(file, v, &["secretName"]).to_owned(),
-                        text_at(file, item, &["key"]).to_owned(),
-                        optional,
-                    ));
+            for v in d
+                .list("spec.template.spec.volumes")
+                .iter()
+                .filter_map(|v| v.opt("secret"))
+            {
+                for item in v.list("items") {
+                    let (name, key) = (v.str("secretName").to_owned(), item.str("key").to_owned());
+                    refs.push((v.file.clone(), name, key, v.flag("optional")));
                 }
             }
         }
@@ -2613,254 +2100,150 @@ fn every_secret_key_the_manifests_read_is_in_their_secret_template() {
         for (file, name, key, optional) in refs {
             assert_eq!(
                 name, secret_name,
-                "{file}: reads Secret {name:?}, but {secret_file} is {secret_name:?}"
+                "{file}: reads another Secret than {secret_file}"
             );
-            if optional {
-                assert!(
-                    data.contains_key(&key) || commented.contains(&key),
-                    "{file}: reads the optional key {key:?}, which {secret_file} neither sets nor \
-                     shows commented out"
-                );
-            } else {
-                assert!(
-                    data.contains_key(&key),
-                    "{file}: requires key {key:?}, absent from {secret_file}"
-                );
-            }
+            assert!(
+                data.contains_key(&key) || optional && commented.contains(&key),
+                "{file}: reads the key {key:?} (optional: {optional}), which {secret_file} neither \
+                 sets nor, for an optional key, shows commented out"
+            );
         }
-        let keys: BTreeSet<String> = data.keys().cloned().chain(commented).collect();
-        documented.insert(secret_file, keys);
+        documented.insert(
+            secret_file,
+            data.into_keys().chain(commented).collect::<BTreeSet<_>>(),
+        );
     }
-    // The overlay's template is the base's plus the Redis keys.
-    let missing: Vec<&String> = documented[SECRET]
+    // The overlay's template is the base's plus the Redis keys, set or commented.
+    let missing: Vec<_> = documented[SECRET]
         .difference(&documented[OVERLAY_SECRET])
         .collect();
     assert!(
         missing.is_empty(),
-        "{OVERLAY_SECRET}: lacks the base template's keys {missing:?} (set or commented)"
+        "{OVERLAY_SECRET}: lacks the base template's keys {missing:?}"
     );
 }
 
 #[test]
-fn the_overlay_redis_is_one_bounded_ephemeral_locked_down_pod() {
-    let built = kustomize(OVERLAY_DIR);
-    let (file, d, c) = overlay_redis(&built);
+fn the_overlay_redis_is_one_bounded_ephemeral_pod() {
+    let (d, c, args) = redis_of(&kustomize(OVERLAY_DIR));
+    let file = &c.file;
     assert_eq!(
-        num_at(&file, &d, &["spec", "replicas"]),
+        d.u64("spec.replicas"),
         1,
         "{file}: several Redis pods behind one Service are separate caches, with separate locks \
          and generations"
     );
-    let env = container_env(&file, &c, OVERLAY_SECRET, &|_| None);
-    let args = expanded_args(&file, &c, &env);
-    let maxmemory = redis_bytes(
-        &file,
-        flag_value(&args, "--maxmemory")
-            .unwrap_or_else(|| panic!("{file}: no --maxmemory: Redis would grow until OOM-killed")),
+    let given = arg(&args, "--maxmemory").unwrap_or_default();
+    let maxmemory = scaled(&given.to_ascii_lowercase(), &REDIS_UNITS).unwrap_or(0);
+    assert!(
+        maxmemory > 0,
+        "{file}: --maxmemory {given:?}: Redis would grow until OOM-killed"
     );
-    assert!(maxmemory > 0, "{file}: --maxmemory 0 is no bound");
-    let policy = flag_value(&args, "--maxmemory-policy").unwrap_or("noeviction");
+    let policy = arg(&args, "--maxmemory-policy").unwrap_or("noeviction");
     assert!(
         ["volatile-lru", "volatile-lfu"].contains(&policy),
         "{file}: --maxmemory-policy {policy}: full, Redis must evict entries (an evicted entry is \
          only a miss) but never phonegate's purge counters, which have no expiry"
     );
     assert_eq!(
-        flag_value(&args, "--save"),
+        arg(&args, "--save"),
         Some(""),
-        "{file}: no persistence needed; --save \"\" turns RDB snapshots off"
+        "{file}: --save \"\" turns RDB snapshots off"
     );
-    assert_eq!(flag_value(&args, "--appendonly"), Some("no"), "{file}");
-    let limit = quantity(
-        &file,
-        text_at(&file, &c, &["resources", "limits", "memory"]),
+    assert_eq!(
+        arg(&args, "--appendonly"),
+        Some("no"),
+        "{file}: --appendonly"
     );
+    let limit = c.bytes("resources.limits.memory");
     assert!(
         limit >= maxmemory + maxmemory / 4,
         "{file}: memory limit {limit} B leaves too little above maxmemory ({maxmemory} B) for \
          Redis's own overhead"
     );
-    let image = text_at(&file, &c, &["image"]);
-    assert!(
-        image
-            .rsplit_once(':')
-            .is_some_and(|(_, tag)| !tag.is_empty()),
-        "{file}: image {image:?} without a tag"
-    );
-    for (path, want) in [
-        (&["securityContext", "runAsNonRoot"][..], "true"),
-        (&["securityContext", "readOnlyRootFilesystem"][..], "true"),
-        (
-            &["securityContext", "allowPrivilegeEscalation"][..],
-            "false",
-        ),
-    ] {
-        assert_eq!(text_at(&file, &c, path), want, "{file}: {}", path.join("."));
-    }
-    assert!(
-        items(&file, &c, &["securityContext", "capabilities", "drop"])
-            .iter()
-            .any(|v| v == "ALL"),
-        "{file}: capabilities.drop lacks ALL"
-    );
+}
 
-    // A Service named phonegate-... would inject PHONEGATE_..._SERVICE_HOST and friends into the
-    // phonegate pods; keep service links off there.
-    let (pfile, pd) = overlay_phonegate();
-    assert_eq!(
-        text_at(
-            &pfile,
-            &pd,
-            &["spec", "template", "spec", "enableServiceLinks"]
-        ),
-        "false",
-        "{pfile}: enableServiceLinks"
-    );
+#[test]
+fn the_overlay_redis_container_is_tagged_and_locked_down() {
+    let (_, c, _) = redis_of(&kustomize(OVERLAY_DIR));
+    let image = c.str("image");
+    let tagged = image
+        .rsplit_once(':')
+        .is_some_and(|(_, tag)| !tag.is_empty());
+    assert!(tagged, "{}: image {image} without a tag", c.file);
+    assert_locked_down(&c, None);
+}
+
+#[test]
+fn the_overlay_phonegate_pods_get_no_service_links() {
+    // A Service named phonegate-... would inject PHONEGATE_..._SERVICE_HOST and friends.
+    let d = overlay_phonegate();
+    let links = d.at("spec.template.spec.enableServiceLinks").v;
+    assert_eq!(links, false, "{}: enableServiceLinks", d.file);
 }
 
 #[tokio::test]
 async fn overlay_pods_stay_ready_and_live_while_redis_is_unreachable() {
     let d = overlay_phonegate();
-    let mut env = overlay_env(&d, &|_| None);
     // A loopback port nobody listens on: the Redis Deployment not up yet, or down.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port();
-    env.insert(
-        "PHONEGATE__REDIS__URL".to_owned(),
-        format!("redis://:{PLACEHOLDER}@127.0.0.1:{closed}/0"),
-    );
-    let cfg = load(&d.0, &configmap_toml(), &env);
-    assert!(cfg.redis.is_some());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let closed = listener.local_addr().expect("its address").port();
+    drop(listener);
+    let mut env = overlay_env(UNSET);
+    let url = format!("redis://:{PLACEHOLDER}@127.0.0.1:{closed}/0");
+    env.insert("PHONEGATE__REDIS__URL".into(), url);
+    let cfg = load(&d.file, &configmap_toml(), &env);
+    assert!(cfg.startup.redis.is_some());
     let state = AppState::new(cfg).expect("state with an unreachable Redis");
-    let c = overlay_container(&d);
     for probe in ["readinessProbe", "livenessProbe"] {
-        let path = text_at(&d.0, c, &[probe, "httpGet", "path"]).to_owned();
-        let req = Request::get(path.as_str())
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            phonegate::admin::handle(state.clone(), req),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{}: {probe} {path} hangs while Redis is down", d.0))
-        .expect("infallible");
+        let path = container(&d)
+            .str(&format!("{probe}.httpGet.path"))
+            .to_owned();
+        let status = tokio::time::timeout(Duration::from_secs(5), admin_get(&state, &path)).await;
+        let status = status.unwrap_or_else(|_| panic!("{}: {probe} {path} hangs", d.file));
         assert_eq!(
-            answer.status(),
+            status,
             StatusCode::OK,
             "{}: {probe} {path} fails while Redis is unreachable; Redis down must only be a \
              slower path, not pods leaving the Service",
-            d.0
+            d.file
         );
     }
 }
 
 #[test]
 fn the_base_runs_without_redis_and_uses_it_when_the_secret_has_redis_url() {
-    let d = deployment();
-    let cfg = pod_config(&d);
     assert!(
-        cfg.redis.is_none(),
-        "{DEPLOYMENT} with {SECRET}: the base must run without Redis"
+        pod_config().startup.redis.is_none(),
+        "{DEPLOYMENT}: the base must run without Redis"
     );
-    let var = named(
-        DEPLOYMENT,
-        items(DEPLOYMENT, container(&d), &["env"]),
-        "PHONEGATE__REDIS__URL",
-        "env",
-    );
-    let r = at(DEPLOYMENT, var, &["valueFrom", "secretKeyRef"]);
-    assert_eq!(
-        text_at(DEPLOYMENT, r, &["optional"]),
-        "true",
-        "{DEPLOYMENT}: redis-url must be optional, so the base starts without Redis"
-    );
-    let key = text_at(DEPLOYMENT, r, &["key"]);
+    let var = container(&deployment()).named("env", "PHONEGATE__REDIS__URL");
+    let r = var.at("valueFrom.secretKeyRef");
     assert!(
-        !secret_data().contains_key(key),
+        r.flag("optional"),
+        "{DEPLOYMENT}: redis-url must be optional in the base"
+    );
+    let key = r.str("key");
+    assert!(
+        !secret(SECRET).1.contains_key(key),
         "{SECRET}: sets {key}, so the template as given would need a Redis"
     );
     // The same Deployment with the overlay's redis-url in its Secret.
-    let url = secret_data_of(OVERLAY_SECRET)
-        .get(key)
-        .cloned()
-        .unwrap_or_else(|| panic!("{OVERLAY_SECRET}: no {key}, the key {DEPLOYMENT} reads"));
-    let env = pod_env_with(&d, &|name| {
-        (name == "PHONEGATE__REDIS__URL").then(|| url.clone())
-    });
-    let cfg = load(DEPLOYMENT, &configmap_toml(), &env);
-    let urls: Vec<String> = cfg
+    let url = secret(OVERLAY_SECRET)
+        .1
+        .remove(key)
+        .expect("redis-url in the overlay's Secret");
+    let env = pod_env(&|name| (name == "PHONEGATE__REDIS__URL").then(|| url.clone()));
+    let cfg = load(DEPLOYMENT, &configmap_toml(), &env).startup;
+    let urls: Vec<&str> = cfg
         .redis
-        .as_ref()
-        .map(|r| r.urls.iter().map(|u| u.expose().to_owned()).collect())
-        .unwrap_or_default();
-    assert_eq!(urls, [url], "{DEPLOYMENT}: {key} does not reach redis.url");
-}
-
-#[test]
-fn the_commented_redis_examples_of_the_systemd_files_are_valid_defaults() {
-    let toml = read(SYSTEMD_TOML);
-    let lines: Vec<&str> = toml.lines().collect();
-    let start = lines
         .iter()
-        .position(|l| l.trim() == "# [redis]")
-        .unwrap_or_else(|| panic!("{SYSTEMD_TOML}: no commented `# [redis]` example"));
-    // Its settings: `# key = value` and `# [table]` lines up to the next uncommented line.
-    let block: Vec<&str> = lines[start..]
-        .iter()
-        .map(|l| l.trim())
-        .take_while(|l| l.is_empty() || l.starts_with('#'))
-        .filter_map(|l| {
-            let t = l.strip_prefix('#')?.trim();
-            let setting = t.starts_with("[redis")
-                || t.split_once('=').is_some_and(|(k, _)| {
-                    let k = k.trim();
-                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                });
-            setting.then_some(t)
-        })
+        .flat_map(|r| &r.urls)
+        .map(|u| u.expose())
         .collect();
-    assert!(block.len() > 2, "{SYSTEMD_TOML}: empty [redis] example");
-    let uncommented = format!("{toml}\n{}\n", block.join("\n"));
-
-    let mut env = env_file(SYSTEMD_ENV);
-    env.extend(commented_env(SYSTEMD_ENV));
-    assert!(
-        env.contains_key("PHONEGATE__REDIS__URL"),
-        "{SYSTEMD_ENV}: no PHONEGATE__REDIS__URL example"
-    );
-    let plain = load(SYSTEMD_TOML, &toml, &env)
-        .redis
-        .unwrap_or_else(|| panic!("{SYSTEMD_ENV}: the uncommented URL turns no tier on"));
-    let mut example = load(
-        &format!("{SYSTEMD_TOML} with its [redis] example uncommented"),
-        &uncommented,
-        &env,
-    )
-    .redis
-    .expect("a tier");
-    example.ca_path = None;
     assert_eq!(
-        example, plain,
-        "{SYSTEMD_TOML}: the commented [redis] values are no longer the defaults it says they are"
-    );
-
-    // And the real binary, as the unit runs it.
-    let file = temp_file("systemd-redis.toml", &uncommented);
-    let out = run_binary(
-        &[
-            "--config".to_owned(),
-            file.to_string_lossy().into_owned(),
-            "check-config".to_owned(),
-        ],
-        &env,
-    );
-    std::fs::remove_file(&file).ok();
-    assert!(
-        out.status.success(),
-        "{SYSTEMD_TOML} + {SYSTEMD_ENV}, Redis examples uncommented: check-config fails: {}",
-        String::from_utf8_lossy(&out.stderr)
+        urls,
+        [url.as_str()],
+        "{DEPLOYMENT}: {key} does not reach redis.url"
     );
 }

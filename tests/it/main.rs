@@ -1,6 +1,7 @@
 //! phonegate's integration tests, as one test binary: one link instead of one per file, and every
 //! test of the suite scheduled on the same thread pool. Each module owns one area of behaviour;
-//! `support` (tests/support/) holds what they share: the mock upstream, a running proxy, real Redis
+//! `support` (tests/support/) holds what they share: the mock upstream (re-exported from the
+//! `mock-vapi` crate, tests/mock-vapi/, which has its own tests), a running proxy, real Redis
 //! servers, and the helpers the modules assert with.
 
 #[path = "../support/mod.rs"]
@@ -9,11 +10,11 @@ mod support;
 mod admin;
 mod bad_input;
 mod binary;
+mod cache_signals;
 mod connections;
 mod deploy_files;
 mod managed_and_cors;
 mod metrics;
-mod mock_vapi_selftest;
 mod properties;
 mod proxy_core;
 mod redaction;

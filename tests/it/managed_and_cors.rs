@@ -1,14 +1,15 @@
 //! Managed-credentials mode (phonegate's own upstream key, hashed client tokens, read/write
 //! scopes, one shared cache, per-client limits, the key never relayed) and CORS for browsers.
 
-
+use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
+use crate::support::{
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path,
+};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use phonegate::auth::token_sha256_hex;
 use phonegate::config::{Config, ConfigError};
-use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path};
 
 /// phonegate's own upstream key in managed mode.
 const UPSTREAM_KEY: &str = "sk-upstream-SECRET-123";

@@ -1,13 +1,12 @@
 //! `/metrics` on the admin listener: exact counter values after a known sequence of requests.
 
-
 use std::time::Duration;
 
+use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
+use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, path};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
-use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, path};
 
 async fn scrape(proxy: &Proxy) -> String {
     let resp = crate::support::send(

@@ -1508,6 +1508,7 @@ proptest! {
 fn vocabularies_match_no_rule() {
     let policy = Config::from_toml("")
         .expect("default configuration")
+        .live
         .redact
         .policy();
     assert_eq!(policy.mode(), Mode::Mask);

@@ -1,14 +1,13 @@
 //! The core lookup path end to end: forwarding, caching per (id, credential), coalescing, TTLs,
 //! conditional requests, HEAD, HTTP/2, and which headers cross the proxy.
 
-
 use std::time::Duration;
 
+use crate::support::mock_vapi::{NOT_FOUND_BODY, TWILIO_ID, UNAUTHORIZED_BODY, VAPI_ID};
+use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, get_with, path};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use crate::support::mock_vapi::{NOT_FOUND_BODY, TWILIO_ID, UNAUTHORIZED_BODY, VAPI_ID};
-use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, get_with, path};
 
 #[tokio::test]
 async fn a_miss_then_a_hit_makes_one_upstream_call() {

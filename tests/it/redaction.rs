@@ -2,17 +2,18 @@
 //! HEAD, both redaction modes, relayed error bodies), configured extra/allowed names apply, and
 //! the cache only ever holds redacted bytes.
 
-
 use std::time::Instant;
 
-use http::{Method, StatusCode};
-use phonegate::cache::CacheKey;
-use serde_json::Value;
 use crate::support::mock_vapi::{
     BYO_ID, FIXTURE_IDS, KEPT_POINTERS, PLANTED, SECRET_POINTERS, SECRET_URL_POINTERS, TWILIO_ID,
     provider_kept_pointers, provider_secret_pointers,
 };
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, contains_planted, get, get_with, path};
+use crate::support::{
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, contains_planted, get, get_with, path,
+};
+use http::{Method, StatusCode};
+use phonegate::cache::CacheKey;
+use serde_json::Value;
 
 const REDACTED: &str = "[REDACTED]";
 

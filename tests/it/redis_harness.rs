@@ -3,7 +3,6 @@
 //! cluster that serves redirected commands, value scans that see every key's bytes verbatim, and
 //! no server left running once its handle is dropped.
 
-
 use std::net::TcpStream;
 
 use crate::support::redis::{RedisCluster, RedisServer};

@@ -2,14 +2,9 @@
 //! credential and query, redacted element by element, coalesced) and the writes (POST, PATCH,
 //! DELETE forwarded byte for byte, checked, never cached, redacted, invalidating what they change).
 
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::Full;
-use serde_json::Value;
 use crate::support::mock_vapi::{
     FIXTURE_IDS, KEPT_POINTERS, NOT_FOUND_BODY, PLANTED, SECRET_POINTERS, SECRET_URL_POINTERS,
     TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID, provider_secret_pointers,
@@ -18,6 +13,10 @@ use crate::support::{
     Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, assert_json_error, contains_planted, get,
     get_with, path,
 };
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
 
 const REDACTED: &str = "[REDACTED]";
 
@@ -1129,9 +1128,8 @@ async fn a_reload_that_shortens_the_ttl_applies_to_entries_already_cached() {
             .header("x-cache"),
         Some("hit")
     );
-    let mut config = proxy.state.live().config.clone();
-    config.cache.ttl = std::time::Duration::ZERO;
-    config.cache.stale_while_revalidate = std::time::Duration::ZERO;
+    let mut config = proxy.state.running_config();
+    config.live.freshness.ttl = std::time::Duration::ZERO;
     phonegate::reload::apply(&proxy.state, config).expect("reload");
     let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_ne!(

@@ -5,17 +5,16 @@
 //! `redis-server` package; without it the harness fails with install instructions) and its own
 //! replicas in this process.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VAPI_ID};
+use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VAPI_ID};
-use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 
 const KEY_SECRET: &str = "shared-tier-test-key-secret-0123";
 

@@ -2,14 +2,15 @@
 //! fault matrix, the circuit breaker, per-credential budgets, the concurrency cap and the request
 //! deadline. Every test counts what the upstream saw.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::mock_vapi::{
+    BYO_ID, FIXTURE_IDS, PLANTED, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID,
+};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use crate::support::mock_vapi::{BYO_ID, FIXTURE_IDS, PLANTED, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 
 /// Settings that switch the stale windows and limits off, so each test turns on only what it
 /// exercises.

@@ -22,17 +22,18 @@
 //! how the HTTP layer frames or refuses a message shows up here. Each test also checks that no
 //! panic happened anywhere outside this test code and that the proxy still serves afterwards.
 
-
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
+use crate::support::mock_vapi::{
+    BYO_ID, RecordedRequest, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID,
+};
+use crate::support::{MockVapi, Proxy, TOKEN_A, path};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use crate::support::mock_vapi::{BYO_ID, RecordedRequest, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID};
-use crate::support::{MockVapi, Proxy, TOKEN_A, path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,12 +1,13 @@
 //! TLS on both sides: the listener with a certificate (ALPN h2 and HTTP/1.1), the upstream over
 //! HTTPS with an extra trusted CA, and start-up errors for unusable TLS files.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::mock_vapi::{PLANTED, TELNYX_ID, TWILIO_ID};
+use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, get, path};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -17,8 +18,6 @@ use hyper_util::rt::TokioExecutor;
 use phonegate::config::Config;
 use phonegate::server::{Server, StartError};
 use rustls_pki_types::CertificateDer;
-use crate::support::mock_vapi::{PLANTED, TELNYX_ID, TWILIO_ID};
-use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, get, path};
 
 /// A per-test directory in the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -150,7 +149,7 @@ async fn the_tls_listener_serves_h2_by_alpn_and_http1_without() {
         &cert.key_path,
     ))
     .expect("valid TLS config");
-    assert!(config.tls.is_some());
+    assert!(config.startup.tls.is_some());
     let proxy = Proxy::start_with(config).await;
     let port = proxy.addr.port();
     let url = format!("https://localhost:{port}{}", path(TWILIO_ID));
@@ -219,9 +218,12 @@ async fn plain_http_to_the_tls_port_gets_no_answer() {
         .header("authorization", format!("Bearer {TOKEN_A}"))
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let outcome = tokio::time::timeout(Duration::from_secs(5), crate::support::client().request(req))
-        .await
-        .expect("the server answers or closes in time");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::client().request(req),
+    )
+    .await
+    .expect("the server answers or closes in time");
     if let Ok(resp) = outcome {
         assert_ne!(resp.status(), StatusCode::OK);
     }

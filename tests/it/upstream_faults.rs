@@ -2,14 +2,13 @@
 //! a relayed, redacted JSON error), nothing unusable is cached, no secret or HTML leaks, and the
 //! proxy keeps serving once the upstream recovers.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::mock_vapi::{PLANTED, TWILIO_ID};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use crate::support::mock_vapi::{PLANTED, TWILIO_ID};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack

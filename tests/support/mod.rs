@@ -1,8 +1,8 @@
-//! Shared test harness: a phonegate started in-process on ephemeral ports against a mock upstream,
-//! and small clients (a pooled HTTP/1.1 client and a raw-socket one for malformed requests).
+//! Shared test harness: a phonegate started in-process on ephemeral ports against a mock upstream
+//! (the `mock-vapi` crate, tests/mock-vapi/, re-exported here as `mock_vapi`), and small clients (a
+//! pooled HTTP/1.1 client and a raw-socket one for malformed requests).
 #![allow(dead_code, unused_imports)]
 
-pub mod mock_vapi;
 pub mod redis;
 pub mod slow_read;
 
@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use ::mock_vapi;
 pub use mock_vapi::{Behavior, MockVapi};
 
 /// A valid-looking caller key the mock accepts.
