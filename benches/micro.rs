@@ -210,28 +210,38 @@ fn bench_hit_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let config = phonegate::config::Config::from_toml(
-        "[cache]\nkey_secret = \"bench-key-secret-0123456789\"\n",
-    )
-    .expect("config");
-    let state = runtime.block_on(async { phonegate::state::AppState::new(config).expect("state") });
     let token = "bench-key-0001";
     let the_id = id(1);
-    let answer = filter(
-        ok(Bytes::from_static(FIXTURE.as_bytes())),
-        &Policy::default(),
-        ttls(),
-        None,
-        Instant::now(),
-    )
-    .expect("fixture filters");
-    state.store.prime(
-        CacheKey {
-            resource: Resource::PhoneNumber(the_id),
-            credential: state.fingerprinter.fingerprint(token.as_bytes()),
-        },
-        Arc::new(answer),
-    );
+    // One state as shipped (tracing off) and one tracing every request (sample ratio 1.0) to an
+    // OTLP endpoint nobody listens on: the request path's cost is the spans and the hand-off to
+    // the batch exporter, whatever happens to the export.
+    let primed = |extra: &str| {
+        let config = phonegate::config::Config::from_toml(&format!(
+            "[cache]\nkey_secret = \"bench-key-secret-0123456789\"\n{extra}"
+        ))
+        .expect("config");
+        let state =
+            runtime.block_on(async { phonegate::state::AppState::new(config).expect("state") });
+        let answer = filter(
+            ok(Bytes::from_static(FIXTURE.as_bytes())),
+            &Policy::default(),
+            ttls(),
+            None,
+            Instant::now(),
+        )
+        .expect("fixture filters");
+        state.store.prime(
+            CacheKey {
+                resource: Resource::PhoneNumber(the_id),
+                credential: state.fingerprinter.fingerprint(token.as_bytes()),
+            },
+            Arc::new(answer),
+        );
+        state
+    };
+    let untraced = primed("");
+    let traced = primed("[otel]\nendpoint = \"http://127.0.0.1:9\"\n");
+    assert!(traced.telemetry.is_some());
     let uri = format!("/phone-number/{the_id}");
     // The access log writes to a sink, as the binary writes to its batching writer.
     let subscriber = tracing_subscriber::registry().with(AccessLayer::new(std::io::sink));
@@ -241,19 +251,24 @@ fn bench_hit_path(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(50);
-    g.bench_function("handle_cache_hit", |b| {
-        b.iter(|| {
-            let req = http::Request::get(&uri)
-                .header("authorization", format!("Bearer {token}"))
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            let resp = runtime
-                .block_on(phonegate::proxy::handle(Arc::clone(&state), req))
-                .expect("infallible");
-            assert_eq!(resp.status(), StatusCode::OK);
-            black_box(runtime.block_on(resp.into_body().collect()).is_ok())
-        })
-    });
+    for (name, state) in [
+        ("handle_cache_hit", &untraced),
+        ("handle_cache_hit_traced", &traced),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req = http::Request::get(&uri)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                let resp = runtime
+                    .block_on(phonegate::proxy::handle(Arc::clone(state), req))
+                    .expect("infallible");
+                assert_eq!(resp.status(), StatusCode::OK);
+                black_box(runtime.block_on(resp.into_body().collect()).is_ok())
+            })
+        });
+    }
     let metrics = Metrics::new();
     g.bench_function("metrics_request", |b| {
         b.iter(|| {

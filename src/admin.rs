@@ -80,7 +80,7 @@ where
             StatusCode::OK,
             Bytes::from_static(b"{\"status\":\"ready\"}"),
         ),
-        ("/metrics", true) => metrics(&state),
+        ("/metrics", true) => metrics(&state, &parts.headers),
         ("/config", true) => {
             let text =
                 serde_json::to_vec(&state.running_config().to_masked_json()).unwrap_or_default();
@@ -214,7 +214,9 @@ fn answer(synthetic: Synthetic<'_>) -> Response<Body> {
     response
 }
 
-fn metrics(state: &AppState) -> Response<Body> {
+/// `/metrics` in OpenMetrics for scrapers that ask for it (Prometheus does), else in the
+/// Prometheus text format 0.0.4.
+fn metrics(state: &AppState, request: &http::HeaderMap) -> Response<Body> {
     state.store.run_pending_tasks();
     let gauge = |state: BreakerState| match state {
         BreakerState::Closed => 0,
@@ -232,11 +234,25 @@ fn metrics(state: &AppState) -> Response<Body> {
         state.store.weighted_size(),
         gauge(state.shield.breaker_state()),
     );
+    let openmetrics = request.get_all(http::header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
+    });
+    let (text, content_type) = if openmetrics {
+        (
+            text,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            crate::metrics::to_prometheus_text(&text),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
     let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -99,8 +99,15 @@ impl Cors {
             return;
         }
         let h = response.headers_mut();
-        // The answer depends on Origin whether or not it is listed.
-        h.append(VARY, HeaderValue::from_static("origin"));
+        // The answer depends on Origin whether or not it is listed (a preflight answer says so
+        // already).
+        let varies = h
+            .get_all(VARY)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"origin"));
+        if !varies {
+            h.append(VARY, HeaderValue::from_static("origin"));
+        }
         if let Some(origin) = self.allowed_origin(request) {
             h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
@@ -166,5 +173,15 @@ mod tests {
                 .is_none()
         );
         assert_eq!(r.headers()[VARY], "origin");
+    }
+
+    #[test]
+    fn a_preflight_answer_says_vary_origin_once() {
+        let cors = Cors::new(&["https://app.example.com".to_owned()]);
+        let mut h = HeaderMap::new();
+        h.insert(ORIGIN, HeaderValue::from_static("https://app.example.com"));
+        let mut r = cors.preflight_response(&h);
+        cors.decorate(&h, &mut r);
+        assert_eq!(r.headers().get_all(VARY).iter().count(), 1);
     }
 }

@@ -79,6 +79,7 @@ pub struct Metrics {
     open_connections: Gauge,
     cache_entries: Gauge,
     cache_bytes: Gauge,
+    cache_max_bytes: Gauge,
     breaker_open: Gauge,
     log_lines_dropped: Counter,
     tasks_alive: Gauge,
@@ -293,6 +294,12 @@ impl Metrics {
             "Weighted size of the cache in bytes",
             cache_bytes.clone(),
         );
+        let cache_max_bytes = Gauge::default();
+        registry.register(
+            "cache_max_bytes",
+            "The cache's size bound in bytes (cache.max_bytes)",
+            cache_max_bytes.clone(),
+        );
         let breaker_open = Gauge::default();
         registry.register(
             "breaker_state",
@@ -329,6 +336,7 @@ impl Metrics {
             open_connections,
             cache_entries,
             cache_bytes,
+            cache_max_bytes,
             breaker_open,
         }
     }
@@ -389,6 +397,12 @@ impl Metrics {
         let _ = self.log_drop_source.set(source);
     }
 
+    /// Records the cache's size bound (`cache.max_bytes`), for dashboards and alerts.
+    pub fn cache_bound(&self, max_bytes: u64) {
+        self.cache_max_bytes
+            .set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+    }
+
     /// Renders the Prometheus text format, after setting the gauges sampled at scrape time.
     pub fn render(&self, cache_entries: u64, cache_bytes: u64, breaker_state: i64) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -415,9 +429,56 @@ impl Metrics {
     }
 }
 
+/// The OpenMetrics text [`Metrics::render`] makes, in the Prometheus text format 0.0.4, for
+/// scrapers that do not ask for OpenMetrics (older agents, `curl`, `promtool check metrics`): a
+/// counter's `HELP` and `TYPE` name its `_total` series, and `UNIT` and `EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 16);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let name = rest.split(' ').next().unwrap_or_default();
+                let rest = &rest[name.len()..];
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push_str(rest);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prometheus_text_names_counter_series_in_help_and_type() {
+        let open = "# HELP x_requests Requests.\n# TYPE x_requests counter\n\
+                    x_requests_total{a=\"b\"} 1\n# HELP x_size Bytes.\n# TYPE x_size gauge\n\
+                    # UNIT x_size bytes\nx_size 3\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(open),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\n\
+             x_requests_total{a=\"b\"} 1\n# HELP x_size Bytes.\n# TYPE x_size gauge\nx_size 3\n"
+        );
+    }
 
     #[test]
     fn renders_counters_with_their_labels() {

@@ -6,7 +6,8 @@
 //! [`StartupConfig`](crate::config::StartupConfig) part cannot change in a running process; the
 //! settings that differ are named in the outcome so the log can say a restart is needed. A new
 //! redaction policy starts a new policy generation: entries redacted under the old one are never
-//! served again and are dropped.
+//! served again and are dropped. The certificate files are read again too ([`reload_certificates`]):
+//! new handshakes use them, established connections go on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,7 +68,20 @@ pub fn apply(state: &AppState, new: Config) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
-/// Reloads the configuration file and environment on every SIGHUP. A configuration that does
+/// Reads the certificate files again (`tls.*`, `upstream.ca_path`, `upstream.client_*`): new
+/// handshakes use them, established connections keep what they negotiated. A file that cannot
+/// be used is rejected with an error line and every certificate stays as it was.
+pub fn reload_certificates(state: &AppState) {
+    match state.certificates.reload() {
+        Ok(files) if files.is_empty() => {}
+        Ok(files) => tracing::info!(settings = ?files, "certificates reloaded"),
+        Err(error) => {
+            tracing::error!(%error, "certificate reload rejected; keeping the running certificates")
+        }
+    }
+}
+
+/// Reloads the certificates, the configuration file and the environment on every SIGHUP. A configuration that does
 /// not load is rejected with an error line and the running one stays.
 pub async fn on_sighup(state: Arc<AppState>, path: Option<PathBuf>, log: LogControl) {
     #[cfg(unix)]
@@ -78,6 +92,7 @@ pub async fn on_sighup(state: Arc<AppState>, path: Option<PathBuf>, log: LogCont
             return;
         };
         while hup.recv().await.is_some() {
+            reload_certificates(&state);
             let config = match Config::load(path.as_deref()) {
                 Ok(config) => config,
                 Err(error) => {

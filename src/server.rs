@@ -25,7 +25,6 @@ use crate::admin;
 use crate::config::{Config, ServerConfig};
 use crate::proxy;
 use crate::state::AppState;
-use crate::tls;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -78,16 +77,14 @@ pub struct Server {
 impl Server {
     /// Builds the state and binds both listeners (port 0 picks a free port, as tests do).
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let tls = match &config.startup.tls {
-            Some(t) => Some(TlsAcceptor::from(Arc::new(
-                tls::server_config(&t.cert_path, &t.key_path)
-                    .map_err(|e| StartError::Config(e.to_string()))?,
-            ))),
-            None => None,
-        };
         let listen = config.startup.listen;
         let admin_listen = config.startup.admin_listen;
         let state = AppState::new(config).map_err(|e| StartError::Config(e.to_string()))?;
+        let tls = state
+            .certificates
+            .server_config()
+            .map_err(|e| StartError::Config(e.to_string()))?
+            .map(|config| TlsAcceptor::from(Arc::new(config)));
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|error| StartError::Bind {
@@ -201,6 +198,9 @@ impl Server {
         }
         let _ = admin_stop_tx.send(true);
         let _ = admin.await;
+        if let Some(telemetry) = &state.telemetry {
+            telemetry.shutdown().await;
+        }
     }
 }
 

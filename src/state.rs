@@ -18,8 +18,9 @@ use crate::credential::Fingerprinter;
 use crate::metrics::Metrics;
 use crate::redact::Policy;
 use crate::shield::{Budgets, Shield, headers};
+use crate::telemetry::Telemetry;
 use crate::tier::Tier;
-use crate::tls::TlsError;
+use crate::tls::{Certificates, TlsError};
 use crate::upstream::Upstream;
 
 /// How much longer than a fetch may take (queue wait plus upstream exchange) a fill lock lives:
@@ -37,6 +38,9 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The upstream client.
     pub upstream: Upstream,
+    /// The listener's certificate and the upstream's trust store and client certificate, as
+    /// last read from their files.
+    pub certificates: Certificates,
     /// Keyed credential fingerprints.
     pub fingerprinter: Fingerprinter,
     /// Limits, cool-downs, breaker and concurrency cap in front of the upstream.
@@ -45,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The clock freshness, stale windows, cool-downs and the breaker are measured on.
     pub clock: Clock,
+    /// Trace export; `None` when tracing is off.
+    pub telemetry: Option<Telemetry>,
     draining: AtomicBool,
 }
 
@@ -139,6 +145,8 @@ pub enum StateError {
     Auth(String),
     /// The shared tier's settings could not be used.
     Redis(String),
+    /// The trace exporter could not be set up.
+    Telemetry(String),
 }
 
 impl std::fmt::Display for StateError {
@@ -148,6 +156,7 @@ impl std::fmt::Display for StateError {
             StateError::Random(e) => write!(f, "cannot generate a random cache.key_secret: {e}"),
             StateError::Auth(e) => f.write_str(e),
             StateError::Redis(e) => f.write_str(e),
+            StateError::Telemetry(e) => f.write_str(e),
         }
     }
 }
@@ -158,11 +167,14 @@ impl AppState {
     /// Builds the shared state from validated settings.
     pub fn new(config: Config) -> Result<Arc<Self>, StateError> {
         let Config { startup, live } = config;
-        let upstream = Upstream::new(&startup.upstream).map_err(StateError::Tls)?;
+        let telemetry = Telemetry::new(&startup.otel).map_err(StateError::Telemetry)?;
+        let certificates = Certificates::load(&startup).map_err(StateError::Tls)?;
+        let upstream = Upstream::new(&startup.upstream, &certificates).map_err(StateError::Tls)?;
         let fingerprinter =
             Fingerprinter::new(startup.store.key_secret.as_ref().map(Secret::expose))
                 .map_err(|e| StateError::Random(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
+        metrics.cache_bound(startup.store.max_bytes);
         let clock = Clock::default();
         // Longer than one upstream call may take (queue wait plus exchange): fill locks and
         // the shared cool-down probe only expire when their holder vanished.
@@ -192,10 +204,12 @@ impl AppState {
             live: ArcSwap::from_pointee(live),
             store,
             upstream,
+            certificates,
             fingerprinter,
             shield,
             metrics,
             clock,
+            telemetry,
             draining: AtomicBool::new(false),
         }))
     }

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
-use crate::tls::{self, TlsError};
+use crate::tls::{Certificates, TlsError};
 
 /// Header carrying the request id to the upstream, so its logs and ours can be joined.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -122,9 +122,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the client from the validated settings.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
-        let tls = tls::client_config(config.ca_path.as_deref())?;
+    /// Builds the client from the validated settings and the TLS set-up of `certificates`.
+    pub fn new(config: &UpstreamConfig, certificates: &Certificates) -> Result<Self, TlsError> {
+        let tls = certificates.client_config()?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -161,9 +161,12 @@ impl Upstream {
         authorization: &HeaderValue,
         request_id: &HeaderValue,
         body: Option<Bytes>,
+        trace: HeaderMap,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = self.base.join(path_and_query)?;
         let mut headers = upstream_headers(authorization, request_id);
+        // `traceparent`/`tracestate` of this exchange's span, when tracing is on.
+        headers.extend(trace);
         if body.is_some() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }

@@ -114,6 +114,8 @@ fn render(config: &Config, show: Show) -> Value {
             "timeout_ms": ms(upstream.timeout),
             "max_body_bytes": upstream.max_body_bytes,
             "ca_path": path(upstream.ca_path.as_deref()),
+            "client_cert_path": path(upstream.client_cert.as_ref().map(|t| t.cert_path.as_path())),
+            "client_key_path": path(upstream.client_cert.as_ref().map(|t| t.key_path.as_path())),
             "max_in_flight": shield.max_in_flight,
             "queue_timeout_ms": ms(shield.queue_timeout),
             "max_retry_after_secs": secs(shield.max_retry_after),
@@ -167,6 +169,7 @@ fn render(config: &Config, show: Show) -> Value {
             "max_request_body_bytes": live.requests.max_body_bytes,
         },
         "redis": RedisConfig::render(startup.redis.as_ref(), show),
+        "otel": startup.otel.render(),
     })
 }
 

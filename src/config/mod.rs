@@ -17,6 +17,7 @@ use std::path::Path;
 
 mod live;
 mod mask;
+mod otel;
 mod raw;
 mod redis;
 mod startup;
@@ -26,6 +27,7 @@ pub use live::{
     AuthConfig, ClientConfig, FreshnessConfig, LimitsConfig, LiveConfig, RedactConfig,
     RequestConfig,
 };
+pub use otel::{OtelConfig, OtelProtocol};
 pub use redis::RedisConfig;
 pub use startup::{
     LogFormat, ServerConfig, ShieldConfig, StartupConfig, StoreConfig, TlsConfig, UpstreamConfig,
@@ -45,7 +47,7 @@ const LIST_KEYS: [&str; 3] = [
 ];
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// What only a restart changes.
     pub startup: StartupConfig,

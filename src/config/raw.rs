@@ -20,6 +20,7 @@ pub(super) struct RawSettings {
     pub(super) tls: RawTls,
     pub(super) server: RawServer,
     pub(super) redis: super::redis::RawRedis,
+    pub(super) otel: super::otel::RawOtel,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +47,10 @@ pub(super) struct RawUpstream {
     pub(super) api_key: Option<String>,
     #[serde(default)]
     pub(super) api_key_file: Option<String>,
+    #[serde(default)]
+    pub(super) client_cert_path: Option<String>,
+    #[serde(default)]
+    pub(super) client_key_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

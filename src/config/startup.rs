@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{RedisConfig, Secret};
+use super::{OtelConfig, RedisConfig, Secret};
 
 /// What only a restart changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StartupConfig {
     /// Proxy listener address. Default is `127.0.0.1:8080`.
     pub listen: SocketAddr,
@@ -31,6 +31,8 @@ pub struct StartupConfig {
     pub server: ServerConfig,
     /// The shared Redis tier; `None` (the default) is one instance, in memory.
     pub redis: Option<RedisConfig>,
+    /// Trace export.
+    pub otel: OtelConfig,
 }
 
 /// Upstream settings.
@@ -42,8 +44,11 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Largest upstream body read. Default is 2 MiB.
     pub max_body_bytes: usize,
-    /// Extra CA certificates (PEM) to trust. Default is none.
+    /// Extra CA certificates (PEM) to trust; re-read on reload. Default is none.
     pub ca_path: Option<PathBuf>,
+    /// Client certificate and key presented to the upstream (mutual TLS); re-read on reload.
+    /// Default is none.
+    pub client_cert: Option<TlsConfig>,
 }
 
 /// The cache's bounds, fingerprint key and stale windows.
@@ -86,7 +91,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Listener TLS files.
+/// A certificate chain and its key, PEM files (re-read on reload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM certificate chain.

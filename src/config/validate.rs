@@ -54,6 +54,7 @@ impl RawSettings {
                 tls: self.tls.validate()?,
                 server,
                 redis,
+                otel: self.otel.validate()?,
             },
             live: LiveConfig {
                 admin_token,
@@ -106,6 +107,10 @@ impl RawUpstream {
             timeout: positive_ms("upstream.timeout_ms", self.timeout_ms)?,
             max_body_bytes,
             ca_path: non_empty(self.ca_path).map(PathBuf::from),
+            client_cert: key_pair(
+                ("upstream.client_cert_path", self.client_cert_path),
+                ("upstream.client_key_path", self.client_key_path),
+            )?,
         })
     }
 }
@@ -199,23 +204,34 @@ impl RawLog {
 
 impl RawTls {
     fn validate(self) -> Result<Option<TlsConfig>, ConfigError> {
-        match (non_empty(self.cert_path), non_empty(self.key_path)) {
-            (None, None) => Ok(None),
-            (Some(cert), Some(key)) => Ok(Some(TlsConfig {
-                cert_path: cert.into(),
-                key_path: key.into(),
-            })),
-            (Some(cert), None) => Err(invalid(
-                "tls.key_path",
-                "",
-                format!("must be set when tls.cert_path is ({cert})"),
-            )),
-            (None, Some(key)) => Err(invalid(
-                "tls.cert_path",
-                "",
-                format!("must be set when tls.key_path is ({key})"),
-            )),
-        }
+        key_pair(
+            ("tls.cert_path", self.cert_path),
+            ("tls.key_path", self.key_path),
+        )
+    }
+}
+
+/// A certificate and key file named by two settings: both or neither.
+fn key_pair(
+    (cert_key, cert): (&'static str, Option<String>),
+    (key_key, key): (&'static str, Option<String>),
+) -> Result<Option<TlsConfig>, ConfigError> {
+    match (non_empty(cert), non_empty(key)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+            cert_path: cert.into(),
+            key_path: key.into(),
+        })),
+        (Some(cert), None) => Err(invalid(
+            key_key,
+            "",
+            format!("must be set when {cert_key} is ({cert})"),
+        )),
+        (None, Some(key)) => Err(invalid(
+            cert_key,
+            "",
+            format!("must be set when {key_key} is ({key})"),
+        )),
     }
 }
 

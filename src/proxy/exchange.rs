@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use opentelemetry::Context;
+use opentelemetry::trace::SpanKind;
 
 use crate::cache::Entry;
 use crate::credential::{self, Fingerprint};
@@ -13,6 +15,7 @@ use crate::error::ProxyError;
 use crate::response_filter::{self, Ttls};
 use crate::shield::{Health, Pass};
 use crate::state::{AppState, Live};
+use crate::telemetry;
 
 /// What one upstream exchange sends, and on whose behalf.
 pub(super) struct Exchange<'a> {
@@ -32,6 +35,8 @@ pub(super) struct Exchange<'a> {
     pub(super) pass: Pass,
     /// How long the answer may be cached.
     pub(super) ttls: Ttls,
+    /// The span this exchange's span is a child of, when tracing is on.
+    pub(super) trace: Option<&'a Context>,
 }
 
 impl Exchange<'_> {
@@ -51,6 +56,7 @@ impl Exchange<'_> {
             upstream_key,
             pass,
             ttls,
+            trace,
         } = self;
         let slot = match state.shield.slot().await {
             Ok(slot) => slot,
@@ -59,12 +65,34 @@ impl Exchange<'_> {
                 return (Err(ProxyError::Refused(refusal)), None);
             }
         };
+        let span = trace
+            .zip(state.telemetry.as_ref())
+            .map(|(parent, telemetry)| {
+                let cx = telemetry.child(parent, "upstream", SpanKind::Client);
+                let mut headers = HeaderMap::new();
+                telemetry.inject(&cx, &mut headers);
+                (cx, headers)
+            });
+        let (span, propagate) = match span {
+            Some((cx, headers)) => (Some(cx), headers),
+            None => (None, HeaderMap::new()),
+        };
         let started = Instant::now();
-        let result = match state
+        let answer = state
             .upstream
-            .call(method, path, authorization, request_id, body)
-            .await
-        {
+            .call(
+                method.clone(),
+                path,
+                authorization,
+                request_id,
+                body,
+                propagate,
+            )
+            .await;
+        if let Some(cx) = &span {
+            telemetry::finish_upstream(cx, &method, answer.as_ref().ok().map(|a| a.status));
+        }
+        let result = match answer {
             // The credential this exchange sent (the caller's key, or managed mode's own) never
             // comes back in an answer, should an error body echo the request.
             Ok(answer) => response_filter::filter(

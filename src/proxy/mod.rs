@@ -75,6 +75,8 @@ pub struct RequestContext {
     budgets: BudgetReport,
     /// Which cache tier answered (`l1`, `l2`), for the access log.
     tier: Option<&'static str>,
+    /// The request's server span, when tracing is on.
+    trace: Option<opentelemetry::Context>,
 }
 
 /// Serves one request. Never fails and never panics on input: every refusal is a JSON answer.
@@ -94,8 +96,14 @@ where
         upstream: None,
         report: CacheReport::default(),
         budgets: BudgetReport::default(),
+        trace: None,
         tier: None,
     };
+    let trace = state
+        .telemetry
+        .as_ref()
+        .map(|t| t.start_request(&parts.method, &parts.headers));
+    ctx.trace = trace.as_ref().map(|t| t.context().clone());
     let head = parts.method == Method::HEAD;
     let live = state.live();
     let outcome = match live.cors.preflight(&parts.method, &parts.headers) {
@@ -152,6 +160,15 @@ where
         }
     }
     live.cors.decorate(&parts.headers, &mut response);
+    if let Some(trace) = trace {
+        trace.finish(
+            &parts.method,
+            ctx.route,
+            response.status(),
+            ctx.cache.as_str(),
+            ctx.key_id,
+        );
+    }
     let duration = started.elapsed();
     let route = ctx.route.unwrap_or("none");
     metrics.request(

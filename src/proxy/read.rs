@@ -19,6 +19,8 @@ use crate::response::{self, Body, CacheStatus};
 use crate::response_filter::Ttls;
 use crate::shield::Refusal;
 use crate::state::{AppState, Live};
+use crate::telemetry;
+use opentelemetry::trace::SpanKind;
 
 /// What a cacheable read needs to reach the upstream on behalf of one caller.
 #[derive(Clone)]
@@ -27,6 +29,8 @@ pub(super) struct Lookup {
     limit_key: crate::credential::Fingerprint,
     authorization: HeaderValue,
     request_id: HeaderValue,
+    /// The requesting span, parent of the upstream exchange's, when tracing is on.
+    trace: Option<opentelemetry::Context>,
 }
 
 /// Phases 2-7 for the GET routes.
@@ -54,6 +58,7 @@ pub(super) async fn read(
         limit_key: caller.limit_key,
         authorization: caller.upstream_authorization,
         request_id: ctx.request_id.clone(),
+        trace: ctx.trace.clone(),
     };
 
     // 3. Cache lookup, in memory (L1) then in the shared tier (L2): fresh is a hit; within
@@ -149,7 +154,18 @@ async fn fetch(
             + startup.upstream.timeout
             + fill_wait(startup)
             + COALESCE_MARGIN;
-        let fetched = match tokio::time::timeout(wait, inflight).await {
+        // A follower's wait for the leader's fetch is a span of its own.
+        let waiting = match (role, &state.telemetry, &ctx.trace) {
+            (Role::Follower, Some(telemetry), Some(parent)) => {
+                Some(telemetry.child(parent, "coalesced wait", SpanKind::Internal))
+            }
+            _ => None,
+        };
+        let outcome = tokio::time::timeout(wait, inflight).await;
+        if let Some(cx) = &waiting {
+            telemetry::end(cx);
+        }
+        let fetched = match outcome {
             Ok(Some(fetched)) => fetched,
             Ok(None) => return Err(ProxyError::FetcherVanished),
             Err(_) => return Err(ProxyError::CoalesceTimeout),
@@ -273,6 +289,7 @@ async fn fetch_task(
         upstream_key: lookup.key.credential,
         pass,
         ttls,
+        trace: lookup.trace.as_ref(),
     }
     .run(&state, &live)
     .await;

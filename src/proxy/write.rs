@@ -83,6 +83,7 @@ where
     let task_live = Arc::clone(live);
     let caller = caller.clone();
     let request_id = ctx.request_id.clone();
+    let trace = ctx.trace.clone();
     let task = tokio::spawn(async move {
         let state = task_state;
         let (result, upstream) = Exchange {
@@ -94,6 +95,7 @@ where
             upstream_key: caller.upstream_key,
             pass,
             ttls: Ttls::default(),
+            trace: trace.as_ref(),
         }
         .run(&state, &task_live)
         .await;

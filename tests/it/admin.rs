@@ -4,29 +4,16 @@
 use std::sync::Arc;
 
 use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID};
-use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, get_with, path};
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use crate::support::{
+    MockVapi, Proxy, TOKEN_A, TOKEN_B, admin, admin_get, get, get_and_assert_cache, get_with, path,
+    purge, request,
+};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use phonegate::config::Config;
 use phonegate::state::AppState;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
-
-async fn admin(proxy: &Proxy, method: Method, path: &str, token: Option<&str>, body: &str) -> Resp {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{}", proxy.admin_addr, path));
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    crate::support::send(
-        builder
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap(),
-    )
-    .await
-}
 
 async fn warm(proxy: &Proxy) {
     for token in [TOKEN_A, TOKEN_B] {
@@ -46,32 +33,15 @@ async fn purge_by_id_key_and_all_says_how_many_went() {
     warm(&proxy).await;
     assert_eq!(mock.hits(), 4);
 
-    let by_id = admin(
-        &proxy,
-        Method::POST,
-        "/cache/purge",
-        None,
-        &format!(r#"{{"id":"{TWILIO_ID}"}}"#),
-    )
-    .await;
+    let by_id = purge(&proxy, &format!(r#"{{"id":"{TWILIO_ID}"}}"#)).await;
     assert_eq!(by_id.status, StatusCode::OK, "{}", by_id.text());
     assert_eq!(
         by_id.json()["purged"],
         2,
         "both credentials' entries of that id"
     );
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("miss")
-    );
-    assert_eq!(
-        get(&proxy, &path(VAPI_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "miss").await;
+    get_and_assert_cache(&proxy, &path(VAPI_ID), Some(TOKEN_A), "hit").await;
 
     // key_id as the access log shows it.
     let key_id = proxy
@@ -80,43 +50,14 @@ async fn purge_by_id_key_and_all_says_how_many_went() {
         .fingerprint(TOKEN_B.as_bytes())
         .key_id()
         .to_string();
-    let by_key = admin(
-        &proxy,
-        Method::POST,
-        "/cache/purge",
-        None,
-        &format!(r#"{{"key_id":"{key_id}"}}"#),
-    )
-    .await;
+    let by_key = purge(&proxy, &format!(r#"{{"key_id":"{key_id}"}}"#)).await;
     assert_eq!(by_key.json()["purged"], 1, "B had only VAPI_ID left");
-    assert_eq!(
-        get(&proxy, &path(VAPI_ID), Some(TOKEN_B))
-            .await
-            .header("x-cache"),
-        Some("miss")
-    );
-    assert_eq!(
-        get(&proxy, &path(VAPI_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(VAPI_ID), Some(TOKEN_B), "miss").await;
+    get_and_assert_cache(&proxy, &path(VAPI_ID), Some(TOKEN_A), "hit").await;
 
-    let all = admin(
-        &proxy,
-        Method::POST,
-        "/cache/purge",
-        None,
-        r#"{"all":true}"#,
-    )
-    .await;
+    let all = purge(&proxy, r#"{"all":true}"#).await;
     assert_eq!(all.json()["purged"], 3);
-    assert_eq!(
-        get(&proxy, &path(VAPI_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("miss")
-    );
+    get_and_assert_cache(&proxy, &path(VAPI_ID), Some(TOKEN_A), "miss").await;
 
     for bad in [
         "",
@@ -129,14 +70,12 @@ async fn purge_by_id_key_and_all_says_how_many_went() {
         r#"{"id":"x","all":true}"#,
         "[1]",
     ] {
-        let resp = admin(&proxy, Method::POST, "/cache/purge", None, bad).await;
+        let resp = purge(&proxy, bad).await;
         assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(resp.json()["statusCode"], 400);
     }
     assert_eq!(
-        admin(&proxy, Method::GET, "/cache/purge", None, "")
-            .await
-            .status,
+        admin_get(proxy.admin_addr, "/cache/purge").await.status,
         StatusCode::METHOD_NOT_ALLOWED
     );
 }
@@ -152,7 +91,7 @@ async fn purge_needs_the_admin_token_when_one_is_set() {
     warm(&proxy).await;
     for token in [None, Some("wrong-token-0123456789"), Some("admin-token")] {
         let resp = admin(
-            &proxy,
+            proxy.admin_addr,
             Method::POST,
             "/cache/purge",
             token,
@@ -162,15 +101,11 @@ async fn purge_needs_the_admin_token_when_one_is_set() {
         assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{token:?}");
         assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
     }
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit"),
-        "nothing purged"
-    );
+    get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+        .await
+        .assert_cache_because("hit", "nothing purged");
     let ok = admin(
-        &proxy,
+        proxy.admin_addr,
         Method::POST,
         "/cache/purge",
         Some(ADMIN_TOKEN),
@@ -188,13 +123,7 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> StatusCode {
-    let mut builder = Request::builder().method(method).uri(path);
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let req = builder
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
+    let req = request(method, path, token, &[], body.to_owned());
     let resp = phonegate::admin::handle(Arc::clone(state), req)
         .await
         .unwrap();
@@ -267,7 +196,7 @@ async fn config_shows_the_effective_settings_with_secrets_masked() {
         ),
     )
     .await;
-    let resp = admin(&proxy, Method::GET, "/config", None, "").await;
+    let resp = admin_get(proxy.admin_addr, "/config").await;
     assert_eq!(resp.status, StatusCode::OK);
     let text = resp.text();
     let v = resp.json();

@@ -2,15 +2,18 @@
 //! stdout, readiness, and graceful shutdown on SIGTERM.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
-use crate::support::{Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, path, send};
+use crate::support::{
+    Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, admin_get, free_addrs, path, request,
+    scrape_metric, send,
+};
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -22,9 +25,8 @@ const PROCESS_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Two distinct free loopback ports (bound together, then released: a small race, acceptable).
 fn free_ports() -> (SocketAddr, SocketAddr) {
-    let a = StdTcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let b = StdTcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
+    let addrs = free_addrs(2);
+    (addrs[0], addrs[1])
 }
 
 /// The binary with no inherited phonegate settings, output piped, killed when dropped.
@@ -165,11 +167,13 @@ async fn readyz(admin: SocketAddr) -> Option<StatusCode> {
 
 /// `GET url` with an optional bearer token and an `x-request-id`.
 async fn get(url: &str, token: Option<&str>, request_id: &str) -> Resp {
-    let mut builder = Request::get(url).header("x-request-id", request_id);
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let req = builder.body(Full::new(Bytes::new())).expect("request");
+    let req = request(
+        Method::GET,
+        url,
+        token,
+        &[("x-request-id", request_id)],
+        Bytes::new(),
+    );
     tokio::time::timeout(Duration::from_secs(10), send(req))
         .await
         .expect("the proxy answers in time")
@@ -205,12 +209,12 @@ async fn access_log_is_one_json_line_per_request_and_never_leaks_the_credential(
     let mut made: Vec<(String, StatusCode)> = Vec::new();
     let miss = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_A), "t1-miss").await;
     assert_eq!(miss.status, StatusCode::OK);
-    assert_eq!(miss.header("x-cache"), Some("miss"));
+    miss.assert_cache("miss");
     made.push(("t1-miss".into(), miss.status));
 
     let hit = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_A), "t1-hit").await;
     assert_eq!(hit.status, StatusCode::OK);
-    assert_eq!(hit.header("x-cache"), Some("hit"));
+    hit.assert_cache("hit");
     made.push(("t1-hit".into(), hit.status));
 
     let noauth = get(&proxy.url(&path(TWILIO_ID)), None, "t1-noauth").await;
@@ -437,16 +441,15 @@ async fn a_missing_or_bad_config_file_stops_start_up_with_exit_64() {
     }
 }
 
-async fn two_gets(proxy: &Running, tag: &str) -> (Option<String>, Option<String>) {
+/// Two lookups of one number: both 200, the first answered `expect[0]`, the second `expect[1]`.
+async fn two_gets(proxy: &Running, tag: &str, expect: [&str; 2]) {
     let url = proxy.url(&path(TWILIO_ID));
     let first = get(&url, Some(TOKEN_A), &format!("{tag}-1")).await;
     let second = get(&url, Some(TOKEN_A), &format!("{tag}-2")).await;
     assert_eq!(first.status, StatusCode::OK, "{tag}");
     assert_eq!(second.status, StatusCode::OK, "{tag}");
-    (
-        first.header("x-cache").map(str::to_owned),
-        second.header("x-cache").map(str::to_owned),
-    )
+    first.assert_cache_because(expect[0], format_args!("{tag}, first"));
+    second.assert_cache_because(expect[1], format_args!("{tag}, second"));
 }
 
 async fn stop_cleanly(proxy: Running) {
@@ -462,23 +465,20 @@ async fn a_config_file_applies_and_the_environment_overrides_it() {
 
     // Baseline: the built-in default caches.
     let proxy = Running::start(&mock.url(), &[], &[]).await;
-    let got = two_gets(&proxy, "defaults").await;
-    assert_eq!(got, (Some("miss".into()), Some("hit".into())));
+    two_gets(&proxy, "defaults", ["miss", "hit"]).await;
     stop_cleanly(proxy).await;
 
     // --config FILE: ttl 0, nothing is cached.
     mock.reset_hits();
     let proxy = Running::start(&mock.url(), &["--config", &file_s], &[]).await;
-    let got = two_gets(&proxy, "flag").await;
-    assert_eq!(got, (Some("miss".into()), Some("miss".into())));
+    two_gets(&proxy, "flag", ["miss", "miss"]).await;
     assert_eq!(mock.hits(), 2);
     stop_cleanly(proxy).await;
 
     // PHONEGATE_CONFIG=FILE does the same.
     mock.reset_hits();
     let proxy = Running::start(&mock.url(), &[], &[("PHONEGATE_CONFIG", &file_s)]).await;
-    let got = two_gets(&proxy, "env-file").await;
-    assert_eq!(got, (Some("miss".into()), Some("miss".into())));
+    two_gets(&proxy, "env-file", ["miss", "miss"]).await;
     assert_eq!(mock.hits(), 2);
     stop_cleanly(proxy).await;
 
@@ -490,8 +490,7 @@ async fn a_config_file_applies_and_the_environment_overrides_it() {
         &[("PHONEGATE__CACHE__TTL_SECS", "60")],
     )
     .await;
-    let got = two_gets(&proxy, "env-over-file").await;
-    assert_eq!(got, (Some("miss".into()), Some("hit".into())));
+    two_gets(&proxy, "env-over-file", ["miss", "hit"]).await;
     assert_eq!(mock.hits(), 1);
     stop_cleanly(proxy).await;
 
@@ -627,11 +626,13 @@ async fn trace_level_operational_logs_stay_json_and_leak_nothing() {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
             .build_http::<Full<Bytes>>();
-    let req = Request::get(proxy.url(&path(VAPI_ID)))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
-        .header("x-request-id", "trace-h2")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let req = request(
+        Method::GET,
+        &proxy.url(&path(VAPI_ID)),
+        Some(TOKEN_A),
+        &[("x-request-id", "trace-h2")],
+        Bytes::new(),
+    );
     let resp = tokio::time::timeout(Duration::from_secs(10), h2_client.request(req))
         .await
         .expect("h2c answer in time")
@@ -694,7 +695,7 @@ async fn refusals_and_stale_answers_are_logged_with_their_reason() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     mock.set_behavior(Behavior::Status(500));
     let stale = get(&proxy.url(&path(TWILIO_ID)), Some(TOKEN_A), "reason-stale").await;
-    assert_eq!(stale.header("x-cache"), Some("stale"));
+    stale.assert_cache("stale");
     let open = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_B), "reason-breaker").await;
     assert_eq!(open.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -736,16 +737,14 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
             .expect("run kill");
         assert!(status.success());
     };
-    let x_cache = |resp: &Resp| resp.header("x-cache").map(str::to_owned);
 
     // Cached under ttl 60 and the mask policy.
     let twilio = proxy.url(&path(TWILIO_ID));
     let first = get(&twilio, Some(TOKEN_A), "hup-1").await;
     assert!(first.text().contains("[REDACTED]"));
-    assert_eq!(
-        x_cache(&get(&twilio, Some(TOKEN_A), "hup-2").await).as_deref(),
-        Some("hit")
-    );
+    get(&twilio, Some(TOKEN_A), "hup-2")
+        .await
+        .assert_cache("hit");
 
     // ttl 0: new lookups are no longer cached.
     std::fs::write(&file, "[cache]\nttl_secs = 0\n").expect("rewrite config");
@@ -754,11 +753,7 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
     let vapi = proxy.url(&path(VAPI_ID));
     for n in 3..5 {
         let resp = get(&vapi, Some(TOKEN_A), &format!("hup-{n}")).await;
-        assert_eq!(
-            x_cache(&resp).as_deref(),
-            Some("miss"),
-            "ttl 0 applies after SIGHUP"
-        );
+        resp.assert_cache_because("miss", "ttl 0 applies after SIGHUP");
     }
 
     // A bad file is rejected and the running configuration stays (ttl still 0).
@@ -769,7 +764,7 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
     for n in 5..7 {
         let resp = get(&vapi, Some(TOKEN_A), &format!("hup-{n}")).await;
         assert_eq!(resp.status, StatusCode::OK, "still serving");
-        assert_eq!(x_cache(&resp).as_deref(), Some("miss"));
+        resp.assert_cache("miss");
     }
     assert_eq!(mock.hits(), hits_before + 2);
 
@@ -782,11 +777,7 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
     hup();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = get(&twilio, Some(TOKEN_A), "hup-7").await;
-    assert_eq!(
-        x_cache(&after).as_deref(),
-        Some("miss"),
-        "old-policy entry not served"
-    );
+    after.assert_cache_because("miss", "old-policy entry not served");
     assert!(!after.text().contains("[REDACTED]"), "remove mode applies");
     assert!(!after.text().contains(PLANTED));
 
@@ -922,19 +913,9 @@ async fn hash_token_prints_the_sha256_of_stdin() {
 
 /// `phonegate_log_lines_dropped_total` on the admin listener.
 async fn dropped_lines(admin: SocketAddr) -> u64 {
-    let req = Request::get(format!("http://{admin}/metrics"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    send(req)
+    scrape_metric(admin, "phonegate_log_lines_dropped_total")
         .await
-        .text()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("phonegate_log_lines_dropped_total ")?
-                .parse()
-                .ok()
-        })
-        .expect("the metric is exported")
+        .expect("the metric is exported") as u64
 }
 
 /// Sends hits until the log buffer (1 MiB) behind a stdout nobody reads has overflowed; every
@@ -964,10 +945,10 @@ async fn a_stalled_stdout_drops_counted_lines_instead_of_blocking_and_reports_th
     let mut running = Running::start(&mock.url(), &[], &[]).await;
     // Nobody reads stdout: the pipe fills, then phonegate's log buffer.
     overflow_the_log(&running).await;
-    let health = Request::get(format!("http://{}/healthz", running.admin))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    assert_eq!(send(health).await.status, StatusCode::OK);
+    assert_eq!(
+        admin_get(running.admin, "/healthz").await.status,
+        StatusCode::OK
+    );
     // Output flows again: the lost lines are reported.
     let mut stdout = running.child.stdout.take().expect("stdout");
     let reader = tokio::spawn(async move {

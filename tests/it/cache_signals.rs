@@ -3,29 +3,15 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{Method, StatusCode};
 
 use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
+use crate::support::{
+    Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, get_concurrently, path, write,
+};
 
 /// No per-credential budget: the cache's signals alone.
 const NO_BUDGETS: &str = "[limits]\nmisses_per_sec_per_key = 0\n";
-
-fn cache_status(resp: &Resp) -> &str {
-    resp.header("cache-status").unwrap_or("(none)")
-}
-
-fn patch(proxy: &Proxy, id: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(Method::PATCH)
-        .uri(proxy.url(&path(id)))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"name":"Renamed"}"#)))
-        .expect("request")
-}
 
 #[tokio::test]
 async fn a_miss_is_stored_and_a_hit_says_how_long_it_stays_fresh() {
@@ -36,22 +22,23 @@ async fn a_miss_is_stored_and_a_hit_says_how_long_it_stays_fresh() {
     )
     .await;
     let miss = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(miss.header("x-cache"), Some("miss"));
-    assert_eq!(cache_status(&miss), "phonegate; fwd=uri-miss; stored");
+    miss.assert_cache("miss");
+    assert_eq!(miss.cache_status(), Some("phonegate; fwd=uri-miss; stored"));
 
     let hit = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(hit.header("x-cache"), Some("hit"));
-    let ttl: u64 = cache_status(&hit)
-        .strip_prefix("phonegate; hit; ttl=")
+    hit.assert_cache("hit");
+    let ttl: u64 = hit
+        .cache_status()
+        .and_then(|v| v.strip_prefix("phonegate; hit; ttl="))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("a hit with a ttl: {}", cache_status(&hit)));
+        .unwrap_or_else(|| panic!("a hit with a ttl: {:?}", hit.cache_status()));
     assert!((58..=60).contains(&ttl), "remaining freshness {ttl}");
 
     proxy.state.clock.advance(Duration::from_secs(45));
     let later = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(cache_status(&later), "phonegate; hit; ttl=14");
+    assert_eq!(later.cache_status(), Some("phonegate; hit; ttl=14"));
     for resp in [&miss, &hit, &later] {
-        let value = cache_status(resp);
+        let value = resp.cache_status().unwrap_or("(none)");
         for leak in [TOKEN_A, "key_id"] {
             assert!(!value.contains(leak), "{value}");
         }
@@ -67,7 +54,7 @@ async fn an_answer_not_cached_is_a_miss_without_stored() {
     let proxy = Proxy::start(&mock.url(), NO_BUDGETS).await;
     let failed = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(cache_status(&failed), "phonegate; fwd=uri-miss");
+    assert_eq!(failed.cache_status(), Some("phonegate; fwd=uri-miss"));
 }
 
 #[tokio::test]
@@ -85,10 +72,10 @@ async fn stale_answers_say_why() {
 
     proxy.state.clock.advance(Duration::from_secs(2));
     let revalidating = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(revalidating.header("x-cache"), Some("stale"));
+    revalidating.assert_cache("stale");
     assert_eq!(
-        cache_status(&revalidating),
-        "phonegate; hit; fwd=stale; detail=revalidating"
+        revalidating.cache_status(),
+        Some("phonegate; hit; fwd=stale; detail=revalidating")
     );
 
     get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
@@ -97,8 +84,8 @@ async fn stale_answers_say_why() {
     let stand_in = get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
     assert_eq!(stand_in.status, StatusCode::OK);
     assert_eq!(
-        cache_status(&stand_in),
-        "phonegate; hit; fwd=stale; detail=upstream_5xx"
+        stand_in.cache_status(),
+        Some("phonegate; hit; fwd=stale; detail=upstream_5xx")
     );
 }
 
@@ -106,14 +93,15 @@ async fn stale_answers_say_why() {
 async fn writes_bypass_and_refusals_before_the_cache_have_no_cache_status() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), NO_BUDGETS).await;
-    let written = crate::support::send(patch(&proxy, TWILIO_ID)).await;
+    let body = r#"{"name":"Renamed"}"#;
+    let written = write(&proxy, Method::PATCH, &path(TWILIO_ID), TOKEN_A, body).await;
     assert_eq!(written.status, StatusCode::OK);
-    assert_eq!(written.header("x-cache"), Some("bypass"));
-    assert_eq!(cache_status(&written), "phonegate; fwd=bypass");
+    written.assert_cache("bypass");
+    assert_eq!(written.cache_status(), Some("phonegate; fwd=bypass"));
 
     let unauthenticated = get(&proxy, &path(TWILIO_ID), None).await;
     assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(unauthenticated.header("cache-status"), None);
+    assert_eq!(unauthenticated.cache_status(), None);
     assert_eq!(unauthenticated.header("ratelimit-policy"), None);
 }
 
@@ -124,17 +112,15 @@ async fn concurrent_misses_report_the_collapse() {
         .start()
         .await;
     let proxy = Proxy::start(&mock.url(), NO_BUDGETS).await;
-    let twilio = path(TWILIO_ID);
-    let answers =
-        futures_util::future::join_all((0..8).map(|_| get(&proxy, &twilio, Some(TOKEN_A)))).await;
+    let answers = get_concurrently(&proxy, &path(TWILIO_ID), Some(TOKEN_A), 8).await;
     assert_eq!(mock.hits(), 1);
     let collapsed = answers
         .iter()
-        .filter(|r| cache_status(r) == "phonegate; fwd=uri-miss; stored; collapsed")
+        .filter(|r| r.cache_status() == Some("phonegate; fwd=uri-miss; stored; collapsed"))
         .count();
     let leader = answers
         .iter()
-        .filter(|r| cache_status(r) == "phonegate; fwd=uri-miss; stored")
+        .filter(|r| r.cache_status() == Some("phonegate; fwd=uri-miss; stored"))
         .count();
     assert_eq!((leader, collapsed), (1, 7), "one fetch, seven joined it");
 }
@@ -159,7 +145,7 @@ async fn budgets_are_announced_and_what_is_left_is_reported() {
     );
 
     let hit = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(hit.header("x-cache"), Some("hit"));
+    hit.assert_cache("hit");
     assert_eq!(hit.header("ratelimit-policy"), Some(policy));
     assert_eq!(
         hit.header("ratelimit"),

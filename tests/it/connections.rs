@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VONAGE_ID};
-use crate::support::{MockVapi, Proxy, TOKEN_A, get, path};
+use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, get, path};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
@@ -384,15 +384,12 @@ async fn two_requests_share_one_http1_keep_alive_connection() {
             .await
             .expect("answer in time")
             .expect("response on the kept-alive connection");
-        assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.version(), Version::HTTP_11);
-        assert_eq!(
-            resp.headers().get("x-cache").and_then(|v| v.to_str().ok()),
-            Some(expected)
-        );
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert!(!String::from_utf8_lossy(&body).contains(PLANTED));
-        bodies.push(body);
+        let resp = Resp::read(resp).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        resp.assert_cache(expected);
+        assert!(!resp.text().contains(PLANTED));
+        bodies.push(resp.body);
     }
     assert_eq!(bodies[0], bodies[1]);
     assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1);

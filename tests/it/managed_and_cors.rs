@@ -3,11 +3,11 @@
 
 use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
 use crate::support::{
-    Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path,
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path, request,
+    send, write,
 };
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{Method, StatusCode};
 use phonegate::auth::token_sha256_hex;
 use phonegate::config::{Config, ConfigError};
 
@@ -67,17 +67,6 @@ async fn managed(extra: &str) -> (MockVapi, Proxy) {
     (mock, proxy)
 }
 
-async fn send_json(proxy: &Proxy, method: Method, path: &str, token: &str, body: &str) -> Resp {
-    let req = Request::builder()
-        .method(method)
-        .uri(proxy.url(path))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    crate::support::send(req).await
-}
-
 /// Asserts the upstream key appears nowhere in the answer, body or headers.
 fn assert_no_upstream_key(resp: &Resp, what: &str) {
     assert!(
@@ -108,6 +97,22 @@ fn upstream_authorization(mock: &MockVapi) -> String {
         .and_then(|v| v.to_str().ok())
         .expect("an Authorization header upstream")
         .to_owned()
+}
+
+/// A CORS preflight of `method` on `target` from `origin`, asking to send `Authorization`.
+async fn preflight(
+    proxy: &Proxy,
+    target: &str,
+    token: Option<&str>,
+    origin: &str,
+    method: &str,
+) -> Resp {
+    let headers = [
+        ("origin", origin),
+        ("access-control-request-method", method),
+        ("access-control-request-headers", "authorization"),
+    ];
+    get_with(proxy, Method::OPTIONS, target, token, &headers).await
 }
 
 /// Every value of header `name`, joined, lowercased.
@@ -148,7 +153,7 @@ async fn managed_mode_sends_its_own_key_upstream_never_the_clients_token() {
     assert_eq!(upstream_authorization(&mock), expected);
     assert_no_upstream_key(&list, "list");
 
-    let patch = send_json(
+    let patch = write(
         &proxy,
         Method::PATCH,
         &path(VAPI_ID),
@@ -172,7 +177,7 @@ async fn unknown_and_missing_tokens_get_401_without_an_upstream_call() {
         assert_json_error(&resp, 401, token);
         assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
         assert_no_upstream_key(&resp, token);
-        let resp = send_json(&proxy, Method::PATCH, &path(TWILIO_ID), token, "{}").await;
+        let resp = write(&proxy, Method::PATCH, &path(TWILIO_ID), token, "{}").await;
         assert_json_error(&resp, 401, token);
     }
     let none = get(&proxy, &path(TWILIO_ID), None).await;
@@ -208,7 +213,7 @@ async fn read_clients_cannot_write_and_write_clients_can() {
         let resp = if body.is_empty() {
             get_with(&proxy, method.clone(), target, Some(READER), &[]).await
         } else {
-            send_json(&proxy, method.clone(), target, READER, body).await
+            write(&proxy, method.clone(), target, READER, body).await
         };
         assert_json_error(&resp, 403, &what);
         assert!(
@@ -225,9 +230,9 @@ async fn read_clients_cannot_write_and_write_clients_can() {
     assert_eq!(mock.object(TWILIO_ID).unwrap(), before);
 
     let body = "{\"name\":  \"Written by the writer\"}";
-    let patched = send_json(&proxy, Method::PATCH, &path(TWILIO_ID), WRITER, body).await;
+    let patched = write(&proxy, Method::PATCH, &path(TWILIO_ID), WRITER, body).await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
-    assert_eq!(patched.header("x-cache"), Some("bypass"));
+    patched.assert_cache("bypass");
     assert_eq!(patched.json()["name"], "Written by the writer");
     let seen = mock.last_request().unwrap();
     assert_eq!(seen.method, Method::PATCH);
@@ -237,7 +242,7 @@ async fn read_clients_cannot_write_and_write_clients_can() {
         "Written by the writer"
     );
 
-    let created = send_json(
+    let created = write(
         &proxy,
         Method::POST,
         "/phone-number",
@@ -255,20 +260,20 @@ async fn read_clients_cannot_write_and_write_clients_can() {
 async fn managed_clients_share_cache_entries() {
     let (mock, proxy) = managed("").await;
     let r = get(&proxy, &path(TWILIO_ID), Some(READER)).await;
-    assert_eq!(r.header("x-cache"), Some("miss"));
+    r.assert_cache("miss");
     let w = get(&proxy, &path(TWILIO_ID), Some(WRITER)).await;
     assert_eq!(w.status, StatusCode::OK);
-    assert_eq!(w.header("x-cache"), Some("hit"), "one org, one cache");
+    w.assert_cache_because("hit", "one org, one cache");
     assert_eq!(w.body, r.body);
 
     let list_r = get(&proxy, "/phone-number?limit=3", Some(READER)).await;
-    assert_eq!(list_r.header("x-cache"), Some("miss"));
+    list_r.assert_cache("miss");
     let list_w = get(&proxy, "/phone-number?limit=3", Some(WRITER)).await;
-    assert_eq!(list_w.header("x-cache"), Some("hit"));
+    list_w.assert_cache("hit");
     assert_eq!(mock.hits(), 2);
 
     // The writer's PATCH drops the shared entries: the reader sees the change at once.
-    let patched = send_json(
+    let patched = write(
         &proxy,
         Method::PATCH,
         &path(TWILIO_ID),
@@ -278,10 +283,10 @@ async fn managed_clients_share_cache_entries() {
     .await;
     assert_eq!(patched.status, StatusCode::OK);
     let r = get(&proxy, &path(TWILIO_ID), Some(READER)).await;
-    assert_eq!(r.header("x-cache"), Some("miss"));
+    r.assert_cache("miss");
     assert_eq!(r.json()["name"], "Shared rename");
     let list_r = get(&proxy, "/phone-number?limit=3", Some(READER)).await;
-    assert_eq!(list_r.header("x-cache"), Some("miss"));
+    list_r.assert_cache("miss");
     assert!(
         list_r
             .json()
@@ -301,7 +306,7 @@ async fn rate_limits_stay_per_client() {
     .await;
     let first = get(&proxy, &path(TWILIO_ID), Some(READER)).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.header("x-cache"), Some("miss"));
+    first.assert_cache("miss");
 
     // The reader's budget is spent: its next miss is refused before the upstream.
     let refused = get(&proxy, &path(VAPI_ID), Some(READER)).await;
@@ -312,13 +317,13 @@ async fn rate_limits_stay_per_client() {
     // The writer has a budget of its own.
     let other = get(&proxy, &path(VAPI_ID), Some(WRITER)).await;
     assert_eq!(other.status, StatusCode::OK, "{}", other.text());
-    assert_eq!(other.header("x-cache"), Some("miss"));
+    other.assert_cache("miss");
     assert_eq!(mock.hits(), 2);
 
     // Hits cost no budget: the reader can read what the writer fetched.
     let hit = get(&proxy, &path(VAPI_ID), Some(READER)).await;
     assert_eq!(hit.status, StatusCode::OK);
-    assert_eq!(hit.header("x-cache"), Some("hit"));
+    hit.assert_cache("hit");
     assert_eq!(mock.hits(), 2);
 }
 
@@ -405,9 +410,9 @@ async fn the_upstream_key_never_reaches_a_client_even_when_the_upstream_echoes_i
         let again = get(&proxy, &path(id), Some(READER)).await;
         assert_no_upstream_key(&again, &format!("{what}, again"));
         // Writes relay the same way.
-        let write = send_json(&proxy, Method::PATCH, &path(id), WRITER, r#"{"name":"x"}"#).await;
-        assert_eq!(write.status.as_u16(), status, "PATCH: {}", write.text());
-        assert_no_upstream_key(&write, &format!("PATCH answered {status}"));
+        let written = write(&proxy, Method::PATCH, &path(id), WRITER, r#"{"name":"x"}"#).await;
+        assert_eq!(written.status.as_u16(), status, "PATCH: {}", written.text());
+        assert_no_upstream_key(&written, &format!("PATCH answered {status}"));
     }
     // The echoed message keeps everything but the key.
     mock.set_behavior(Behavior::Raw {
@@ -442,7 +447,7 @@ async fn the_upstream_key_never_reaches_a_client_through_retry_after() {
             let resp = if method == Method::GET {
                 get(&proxy, &path(TWILIO_ID), Some(READER)).await
             } else {
-                send_json(&proxy, Method::PATCH, &path(VAPI_ID), WRITER, "{}").await
+                write(&proxy, Method::PATCH, &path(VAPI_ID), WRITER, "{}").await
             };
             assert_eq!(resp.status.as_u16(), status, "{}", resp.text());
             assert!(!resp.text().contains(UPSTREAM_KEY));
@@ -502,18 +507,7 @@ async fn an_allowed_preflight_is_answered_without_credentials_or_upstream() {
         ("/v2/phone-number".to_owned(), "GET"),
     ] {
         let what = format!("preflight {method} {target}");
-        let resp = get_with(
-            &proxy,
-            Method::OPTIONS,
-            &target,
-            None,
-            &[
-                ("origin", ORIGIN),
-                ("access-control-request-method", method),
-                ("access-control-request-headers", "authorization"),
-            ],
-        )
-        .await;
+        let resp = preflight(&proxy, &target, None, ORIGIN, method).await;
         assert!(resp.status.is_success(), "{what}: {}", resp.status);
         assert_eq!(
             resp.header("access-control-allow-origin"),
@@ -540,18 +534,7 @@ async fn an_allowed_preflight_is_answered_without_credentials_or_upstream() {
 #[tokio::test]
 async fn preflights_need_no_token_in_managed_mode_either() {
     let (mock, proxy) = managed(CORS).await;
-    let resp = get_with(
-        &proxy,
-        Method::OPTIONS,
-        &path(TWILIO_ID),
-        None,
-        &[
-            ("origin", ORIGIN),
-            ("access-control-request-method", "GET"),
-            ("access-control-request-headers", "authorization"),
-        ],
-    )
-    .await;
+    let resp = preflight(&proxy, &path(TWILIO_ID), None, ORIGIN, "GET").await;
     assert!(resp.status.is_success(), "{}", resp.status);
     assert_eq!(resp.header("access-control-allow-origin"), Some(ORIGIN));
     let get = get_with(
@@ -579,18 +562,7 @@ async fn a_preflight_from_an_unlisted_origin_is_refused() {
         "https://sub.app.example.com",
         "null",
     ] {
-        let resp = get_with(
-            &proxy,
-            Method::OPTIONS,
-            &path(TWILIO_ID),
-            Some(TOKEN_A),
-            &[
-                ("origin", origin),
-                ("access-control-request-method", "GET"),
-                ("access-control-request-headers", "authorization"),
-            ],
-        )
-        .await;
+        let resp = preflight(&proxy, &path(TWILIO_ID), Some(TOKEN_A), origin, "GET").await;
         assert_json_error(&resp, 403, origin);
         assert!(
             resp.header("access-control-allow-origin").is_none(),
@@ -622,7 +594,7 @@ async fn answers_to_the_allowed_origin_are_readable() {
         )
         .await;
         assert_eq!(resp.status, StatusCode::OK);
-        assert_eq!(resp.header("x-cache"), Some(expect));
+        resp.assert_cache(expect);
         assert_eq!(resp.header("access-control-allow-origin"), Some(ORIGIN));
         assert!(all_values(&resp, "vary").contains("origin"), "{expect}");
         let exposed = all_values(&resp, "access-control-expose-headers");
@@ -640,15 +612,14 @@ async fn answers_to_the_allowed_origin_are_readable() {
     .await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.header("access-control-allow-origin"), Some(ORIGIN));
-    let req = Request::builder()
-        .method(Method::PATCH)
-        .uri(proxy.url(&path(TWILIO_ID)))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
-        .header("content-type", "application/json")
-        .header("origin", ORIGIN)
-        .body(Full::new(Bytes::from_static(b"{\"name\":\"cors\"}")))
-        .unwrap();
-    let patched = crate::support::send(req).await;
+    let patched = send(request(
+        Method::PATCH,
+        &proxy.url(&path(TWILIO_ID)),
+        Some(TOKEN_A),
+        &[("content-type", "application/json"), ("origin", ORIGIN)],
+        Bytes::from_static(b"{\"name\":\"cors\"}"),
+    ))
+    .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
     assert_eq!(patched.header("access-control-allow-origin"), Some(ORIGIN));
     assert_eq!(mock.hits(), 3);
@@ -693,18 +664,7 @@ async fn answers_to_other_origins_carry_no_allow_origin() {
 async fn without_cors_settings_there_are_no_cors_headers_and_options_is_405() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "").await;
-    let preflight = get_with(
-        &proxy,
-        Method::OPTIONS,
-        &path(TWILIO_ID),
-        None,
-        &[
-            ("origin", ORIGIN),
-            ("access-control-request-method", "GET"),
-            ("access-control-request-headers", "authorization"),
-        ],
-    )
-    .await;
+    let preflight = preflight(&proxy, &path(TWILIO_ID), None, ORIGIN, "GET").await;
     assert_json_error(&preflight, 405, "OPTIONS with CORS off");
     assert!(preflight.header("allow").is_some());
     assert_no_cors_headers(&preflight, "OPTIONS with CORS off");

@@ -3,30 +3,56 @@
 use std::time::Duration;
 
 use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
-use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, path};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use crate::support::{
+    Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, admin_get, get, get_concurrently, metric, path,
+};
+use http::StatusCode;
 
+/// `/metrics` on `proxy`'s admin listener as Prometheus asks for it: 200, in the OpenMetrics
+/// text format.
 async fn scrape(proxy: &Proxy) -> String {
-    let resp = crate::support::send(
-        Request::get(format!("http://{}/metrics", proxy.admin_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let req = http::Request::get(format!("http://{}/metrics", proxy.admin_addr))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = crate::support::send(req).await;
     assert_eq!(resp.status, StatusCode::OK);
     assert!(
         resp.header("content-type")
             .unwrap()
             .starts_with("application/openmetrics-text")
     );
+    assert!(resp.text().ends_with("# EOF\n"));
     resp.text()
 }
 
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+#[tokio::test]
+async fn scrapers_that_do_not_ask_for_openmetrics_get_the_prometheus_text_format() {
+    let mock = MockVapi::start().await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+    get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
+    let resp = admin_get(proxy.admin_addr, "/metrics").await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = resp.text();
+    assert!(
+        text.contains("# TYPE phonegate_requests_total counter\n"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
+    assert_eq!(
+        crate::support::metric(
+            &text,
+            r#"phonegate_requests_total{route="get",status="200",cache="miss"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -110,10 +136,10 @@ async fn counters_match_a_known_sequence() {
         ("phonegate_breaker_state", 0.0),
     ];
     for (series, want) in expect {
-        assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
     }
-    assert!(value(&text, "phonegate_cache_bytes").is_some_and(|b| b > 0.0));
-    assert!(value(&text, "phonegate_open_connections").is_some_and(|c| c >= 0.0));
+    assert!(metric(&text, "phonegate_cache_bytes").is_some_and(|b| b > 0.0));
+    assert!(metric(&text, "phonegate_open_connections").is_some_and(|c| c >= 0.0));
     assert!(!text.contains(TOKEN_A), "no credential in metrics");
 }
 
@@ -128,33 +154,20 @@ async fn coalesced_waits_and_stale_answers_are_counted() {
         "[cache]\nttl_secs = 1\nstale_while_revalidate_secs = 30\n",
     )
     .await;
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let url = proxy.url(&path(TWILIO_ID));
-        tasks.push(tokio::spawn(async move {
-            crate::support::send(
-                Request::get(url)
-                    .header("authorization", format!("Bearer {TOKEN_A}"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    for resp in get_concurrently(&proxy, &path(TWILIO_ID), Some(TOKEN_A), 10).await {
+        assert_eq!(resp.status, StatusCode::OK);
     }
     proxy.state.clock.advance(Duration::from_millis(1100));
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(stale.header("x-cache"), Some("stale"));
+    stale.assert_cache("stale");
     let text = scrape(&proxy).await;
     assert_eq!(
-        value(&text, "phonegate_coalesced_waits_total"),
+        metric(&text, "phonegate_coalesced_waits_total"),
         Some(9.0),
         "{text}"
     );
     assert_eq!(
-        value(
+        metric(
             &text,
             r#"phonegate_stale_served_total{reason="revalidating"}"#
         ),

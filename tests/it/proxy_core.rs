@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use crate::support::mock_vapi::{NOT_FOUND_BODY, TWILIO_ID, UNAUTHORIZED_BODY, VAPI_ID};
-use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, TOKEN_B, get, get_with, path};
+use crate::support::{
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, admin_get, get, get_and_assert_cache,
+    get_concurrently, get_request, get_with, path,
+};
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
+use http_body_util::Full;
 
 #[tokio::test]
 async fn a_miss_then_a_hit_makes_one_upstream_call() {
@@ -16,7 +19,7 @@ async fn a_miss_then_a_hit_makes_one_upstream_call() {
 
     let first = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.header("x-cache"), Some("miss"));
+    first.assert_cache("miss");
     assert_eq!(first.header("content-type"), Some("application/json"));
     assert_eq!(first.header("cache-control"), Some("private"));
     assert!(first.header("x-request-id").is_some());
@@ -26,7 +29,7 @@ async fn a_miss_then_a_hit_makes_one_upstream_call() {
 
     let second = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(second.status, StatusCode::OK);
-    assert_eq!(second.header("x-cache"), Some("hit"));
+    second.assert_cache("hit");
     assert!(second.header("age").is_some(), "a hit carries age");
     assert_eq!(second.body, first.body);
     assert_eq!(second.header("etag"), first.header("etag"));
@@ -110,7 +113,7 @@ async fn ids_are_compared_case_insensitively() {
     let lower = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     let upper = get(&proxy, &path(&TWILIO_ID.to_uppercase()), Some(TOKEN_A)).await;
     assert_eq!(upper.status, StatusCode::OK);
-    assert_eq!(upper.header("x-cache"), Some("hit"));
+    upper.assert_cache("hit");
     assert_eq!(upper.body, lower.body);
     assert_eq!(mock.hits(), 1);
 }
@@ -125,12 +128,8 @@ async fn two_credentials_never_share_an_entry() {
 
     let a = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     let b = get(&proxy, &path(TWILIO_ID), Some(TOKEN_B)).await;
-    assert_eq!(a.header("x-cache"), Some("miss"));
-    assert_eq!(
-        b.header("x-cache"),
-        Some("miss"),
-        "B must not get A's entry"
-    );
+    a.assert_cache("miss");
+    b.assert_cache_because("miss", "B must not get A's entry");
     assert_eq!(mock.hits(), 2);
 
     // A credential the upstream refuses never sees the entry cached for another.
@@ -143,18 +142,8 @@ async fn two_credentials_never_share_an_entry() {
     assert_eq!(mock.hits(), 3);
 
     // Each credential now hits its own entry.
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_B))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "hit").await;
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_B), "hit").await;
     assert_eq!(mock.hits(), 3);
 }
 
@@ -167,7 +156,7 @@ async fn upstream_401s_are_relayed_and_never_cached() {
     for _ in 0..3 {
         let resp = get(&proxy, &path(TWILIO_ID), Some("invalid-key")).await;
         assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(resp.header("x-cache"), Some("miss"));
+        resp.assert_cache("miss");
         assert!(
             resp.json()["message"]
                 .as_str()
@@ -185,20 +174,8 @@ async fn fifty_concurrent_misses_make_one_upstream_call() {
         .start()
         .await;
     let proxy = Proxy::start(&mock.url(), "").await;
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let url = proxy.url(&path(TWILIO_ID));
-        tasks.push(tokio::spawn(async move {
-            let req = Request::get(url)
-                .header("authorization", format!("Bearer {TOKEN_A}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            crate::support::send(req).await
-        }));
-    }
     let mut bodies = Vec::new();
-    for task in tasks {
-        let resp = task.await.unwrap();
+    for resp in get_concurrently(&proxy, &path(TWILIO_ID), Some(TOKEN_A), 50).await {
         assert_eq!(resp.status, StatusCode::OK);
         bodies.push(resp.body);
     }
@@ -218,21 +195,11 @@ async fn entries_expire_after_the_ttl() {
         "[cache]\nttl_secs = 1\nstale_while_revalidate_secs = 0\nstale_if_error_secs = 0\n",
     )
     .await;
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("miss")
-    );
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "miss").await;
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "hit").await;
     proxy.state.clock.advance(Duration::from_millis(1200));
     let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(after.header("x-cache"), Some("miss"));
+    after.assert_cache("miss");
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(mock.hits(), 2);
 }
@@ -242,12 +209,7 @@ async fn a_zero_ttl_disables_caching() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "[cache]\nttl_secs = 0\n").await;
     for _ in 0..3 {
-        assert_eq!(
-            get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-                .await
-                .header("x-cache"),
-            Some("miss")
-        );
+        get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "miss").await;
     }
     assert_eq!(mock.hits(), 3);
 }
@@ -269,15 +231,10 @@ async fn upstream_404s_are_cached_for_the_negative_ttl() {
     );
     let second = get(&proxy, &path(missing), Some(TOKEN_A)).await;
     assert_eq!(second.status, StatusCode::NOT_FOUND);
-    assert_eq!(second.header("x-cache"), Some("hit"));
+    second.assert_cache("hit");
     assert_eq!(mock.hits(), 1);
     proxy.state.clock.advance(Duration::from_millis(1200));
-    assert_eq!(
-        get(&proxy, &path(missing), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("miss")
-    );
+    get_and_assert_cache(&proxy, &path(missing), Some(TOKEN_A), "miss").await;
     assert_eq!(mock.hits(), 2);
 }
 
@@ -323,7 +280,7 @@ async fn head_answers_headers_only_and_shares_the_cache() {
     assert!(head.body.is_empty());
     let len: usize = head.header("content-length").unwrap().parse().unwrap();
     let full = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(full.header("x-cache"), Some("hit"));
+    full.assert_cache("hit");
     assert_eq!(full.body.len(), len);
     assert_eq!(mock.hits(), 1);
     let seen = mock.last_request().unwrap();
@@ -342,16 +299,13 @@ async fn http2_without_tls_is_served() {
         .http2_only(true)
         .build_http::<Full<Bytes>>();
     for expect in ["miss", "hit"] {
-        let req = Request::get(proxy.url(&path(TWILIO_ID)))
-            .header("authorization", format!("Bearer {TOKEN_A}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = get_request(&proxy, &path(TWILIO_ID), Some(TOKEN_A));
         let resp = client.request(req).await.expect("h2c request");
         assert_eq!(resp.version(), http::Version::HTTP_2);
-        assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(resp.headers()["x-cache"], expect);
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert!(!body.is_empty());
+        let resp = Resp::read(resp).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        resp.assert_cache(expect);
+        assert!(!resp.body.is_empty());
     }
     assert_eq!(mock.hits(), 1);
 }
@@ -360,19 +314,9 @@ async fn http2_without_tls_is_served() {
 async fn admin_health_and_readiness() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "").await;
-    let health = crate::support::send(
-        Request::get(format!("http://{}/healthz", proxy.admin_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let health = admin_get(proxy.admin_addr, "/healthz").await;
     assert_eq!(health.status, StatusCode::OK);
-    let ready = crate::support::send(
-        Request::get(format!("http://{}/readyz", proxy.admin_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let ready = admin_get(proxy.admin_addr, "/readyz").await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json()["status"], "ready");
     // The proxy listener does not serve admin paths.

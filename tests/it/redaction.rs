@@ -9,10 +9,10 @@ use crate::support::mock_vapi::{
     provider_kept_pointers, provider_secret_pointers,
 };
 use crate::support::{
-    Behavior, MockVapi, Proxy, Resp, TOKEN_A, contains_planted, get, get_with, path,
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_headers_clean, assert_no_planted,
+    contains_planted, get, get_with, path,
 };
 use http::{Method, StatusCode};
-use phonegate::cache::CacheKey;
 use serde_json::Value;
 
 const REDACTED: &str = "[REDACTED]";
@@ -40,32 +40,11 @@ fn url_parts(url: &str) -> (String, String, String) {
     )
 }
 
-/// No header value of `resp` carries the marker.
-fn assert_headers_clean(resp: &Resp, what: &str) {
-    for (name, value) in &resp.headers {
-        assert!(
-            !contains_planted(value.as_bytes()),
-            "{what}: header {name} leaks a secret: {value:?}"
-        );
-    }
-}
-
 /// Checks one proxied answer for `provider` against its fixture.
 fn assert_redacted(resp: &Resp, provider: &str, mode: Mode, what: &str) {
     assert_eq!(resp.status, StatusCode::OK, "{what}: {}", resp.text());
-    assert!(
-        !contains_planted(&resp.body),
-        "{what}: body leaks a secret: {}",
-        resp.text()
-    );
-    assert_headers_clean(resp, what);
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/json"),
-        "{what}"
-    );
-    assert_eq!(resp.header("cache-control"), Some("private"), "{what}");
-    assert!(resp.header("x-request-id").is_some(), "{what}");
+    assert_no_planted(resp, what);
+    resp.assert_json_headers(what);
 
     let fixture = MockVapi::fixture(provider);
     let body = resp.json();
@@ -138,11 +117,11 @@ async fn check_every_fixture(extra: &str, mode: Mode) {
     let proxy = Proxy::start(&mock.url(), extra).await;
     for (provider, id) in FIXTURE_IDS {
         let miss = get(&proxy, &path(id), Some(TOKEN_A)).await;
-        assert_eq!(miss.header("x-cache"), Some("miss"), "{provider}");
+        miss.assert_cache_because("miss", provider);
         assert_redacted(&miss, provider, mode, &format!("{provider} miss"));
 
         let hit = get(&proxy, &path(id), Some(TOKEN_A)).await;
-        assert_eq!(hit.header("x-cache"), Some("hit"), "{provider}");
+        hit.assert_cache_because("hit", provider);
         assert_redacted(&hit, provider, mode, &format!("{provider} hit"));
         assert_eq!(
             hit.body, miss.body,
@@ -198,7 +177,7 @@ async fn head_answers_leak_nothing() {
         for expect in ["miss", "hit"] {
             let head = get_with(&proxy, Method::HEAD, &path(id), Some(TOKEN_A), &[]).await;
             assert_eq!(head.status, StatusCode::OK, "{provider}");
-            assert_eq!(head.header("x-cache"), Some(expect), "{provider}");
+            head.assert_cache_because(expect, provider);
             assert!(head.body.is_empty(), "{provider}: HEAD has a body");
             assert_headers_clean(&head, &format!("{provider} HEAD {expect}"));
         }
@@ -324,11 +303,7 @@ async fn an_upstream_error_body_echoing_a_secret_is_redacted() {
         let resp = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
         assert_eq!(resp.header("content-type"), Some("application/json"));
-        assert_eq!(
-            resp.header("x-cache"),
-            Some("miss"),
-            "a 400 is never cached"
-        );
+        resp.assert_cache_because("miss", "a 400 is never cached");
         assert_headers_clean(&resp, "400");
         let body = resp.json();
         assert_eq!(body["twilioAuthToken"], REDACTED);
@@ -351,12 +326,7 @@ async fn the_cache_holds_only_redacted_bytes() {
         let proxy = Proxy::start(&mock.url(), extra).await;
         let state = &proxy.state;
         for (provider, id) in FIXTURE_IDS {
-            let key = CacheKey {
-                resource: phonegate::cache::Resource::PhoneNumber(
-                    uuid::Uuid::parse_str(id).unwrap(),
-                ),
-                credential: state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
-            };
+            let key = proxy.cache_key(id, TOKEN_A);
             assert!(
                 state
                     .store

@@ -10,12 +10,12 @@ use crate::support::mock_vapi::{
     TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID, provider_secret_pointers,
 };
 use crate::support::{
-    Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, assert_json_error, contains_planted, get,
-    get_with, path,
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, assert_json_error, assert_no_planted, get,
+    get_and_assert_cache, get_concurrently, get_request, get_with, path, request, send,
+    send_concurrently, write,
 };
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{Method, StatusCode};
 use serde_json::Value;
 
 const REDACTED: &str = "[REDACTED]";
@@ -41,26 +41,17 @@ async fn send_body(
     content_type: Option<&str>,
     body: impl Into<Bytes>,
 ) -> Resp {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(proxy.url(path))
-        .header("authorization", format!("Bearer {token}"));
-    if let Some(ct) = content_type {
-        builder = builder.header("content-type", ct);
-    }
-    crate::support::send(builder.body(Full::new(body.into())).expect("request")).await
-}
-
-/// A JSON write with `content-type: application/json`.
-async fn write(proxy: &Proxy, method: Method, path: &str, token: &str, body: &str) -> Resp {
-    send_body(
-        proxy,
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("content-type", ct))
+        .into_iter()
+        .collect();
+    send(request(
         method,
-        path,
-        token,
-        Some("application/json"),
-        body.to_owned(),
-    )
+        &proxy.url(path),
+        Some(token),
+        &headers,
+        body,
+    ))
     .await
 }
 
@@ -70,21 +61,6 @@ fn upstream_count(mock: &MockVapi, method: Method, path: &str) -> usize {
         .iter()
         .filter(|r| r.method == method && r.path == path)
         .count()
-}
-
-/// Asserts no part of the answer (body or headers) carries a planted secret.
-fn assert_no_planted(resp: &Resp, what: &str) {
-    assert!(
-        !contains_planted(&resp.body),
-        "{what}: body leaks a secret: {}",
-        resp.text()
-    );
-    for (name, value) in &resp.headers {
-        assert!(
-            !contains_planted(value.as_bytes()),
-            "{what}: header {name} leaks a secret"
-        );
-    }
 }
 
 /// Asserts one phone-number object of a list (or a write's answer) is redacted against the
@@ -128,7 +104,7 @@ async fn list_v1_is_a_bare_array_redacted_element_by_element() {
 
     let all = get(&proxy, "/phone-number", Some(TOKEN_A)).await;
     assert_eq!(all.status, StatusCode::OK, "{}", all.text());
-    assert_eq!(all.header("x-cache"), Some("miss"));
+    all.assert_cache("miss");
     assert_eq!(all.header("content-type"), Some("application/json"));
     assert_eq!(all.header("cache-control"), Some("private"));
     assert!(all.header("etag").is_some());
@@ -158,7 +134,7 @@ async fn list_v1_is_a_bare_array_redacted_element_by_element() {
 
     // A hit is just as clean.
     let hit = get(&proxy, "/phone-number", Some(TOKEN_A)).await;
-    assert_eq!(hit.header("x-cache"), Some("hit"));
+    hit.assert_cache("hit");
     assert_eq!(hit.body, all.body);
     assert_no_planted(&hit, "list hit");
     assert_eq!(mock.hits(), 2);
@@ -169,7 +145,7 @@ async fn list_v2_is_a_redacted_page_with_its_metadata() {
     let (mock, proxy) = setup("").await;
     let page = get(&proxy, "/v2/phone-number?page=2&limit=2", Some(TOKEN_A)).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.text());
-    assert_eq!(page.header("x-cache"), Some("miss"));
+    page.assert_cache("miss");
     assert_no_planted(&page, "GET /v2/phone-number");
     let body = page.json();
     let results = body["results"].as_array().expect("results array");
@@ -360,10 +336,7 @@ async fn list_queries_outside_the_spec_get_400_without_an_upstream_call() {
             "{what}: the message should name {param}: {message}"
         );
         assert_eq!(resp.header("content-type"), Some("application/json"));
-        assert!(
-            resp.header("x-cache").is_none(),
-            "{what}: never reached the cache"
-        );
+        resp.assert_no_cache(format_args!("{what}: never reached the cache"));
     }
     assert_eq!(mock.hits(), 0, "the upstream never heard of them");
 }
@@ -374,7 +347,7 @@ async fn equivalent_list_queries_share_one_entry_per_credential() {
 
     let first = get(&proxy, "/v2/phone-number?page=1&limit=5", Some(TOKEN_A)).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.header("x-cache"), Some("miss"));
+    first.assert_cache("miss");
     for same in [
         "/v2/phone-number?limit=5&page=1",
         "/v2/phone-number?limit=05&page=1&",
@@ -382,7 +355,7 @@ async fn equivalent_list_queries_share_one_entry_per_credential() {
     ] {
         let resp = get(&proxy, same, Some(TOKEN_A)).await;
         assert_eq!(resp.status, StatusCode::OK, "{same}");
-        assert_eq!(resp.header("x-cache"), Some("hit"), "{same}");
+        resp.assert_cache_because("hit", same);
         assert_eq!(resp.body, first.body, "{same}");
         assert!(resp.header("age").is_some(), "{same}");
     }
@@ -394,19 +367,19 @@ async fn equivalent_list_queries_share_one_entry_per_credential() {
 
     // Another query is another entry.
     let other = get(&proxy, "/v2/phone-number?limit=5&page=2", Some(TOKEN_A)).await;
-    assert_eq!(other.header("x-cache"), Some("miss"));
+    other.assert_cache("miss");
     assert_eq!(mock.hits(), 2);
 
     // The same query on the other list route is another entry too.
     let v1 = get(&proxy, "/phone-number?limit=5", Some(TOKEN_A)).await;
-    assert_eq!(v1.header("x-cache"), Some("miss"));
+    v1.assert_cache("miss");
     assert!(v1.json().is_array());
     assert_eq!(mock.hits(), 3);
 
     // Another credential never gets A's list.
     let b = get(&proxy, "/v2/phone-number?limit=5&page=1", Some(TOKEN_B)).await;
     assert_eq!(b.status, StatusCode::OK);
-    assert_eq!(b.header("x-cache"), Some("miss"));
+    b.assert_cache("miss");
     assert_eq!(mock.hits(), 4);
     let seen = mock.last_request().unwrap();
     assert_eq!(
@@ -414,7 +387,7 @@ async fn equivalent_list_queries_share_one_entry_per_credential() {
         &format!("Bearer {TOKEN_B}")
     );
     let b_again = get(&proxy, "/v2/phone-number?page=1&limit=5", Some(TOKEN_B)).await;
-    assert_eq!(b_again.header("x-cache"), Some("hit"));
+    b_again.assert_cache("hit");
 
     // A credential the upstream refuses gets its own 401, not a cached list.
     let bad = get(
@@ -428,9 +401,9 @@ async fn equivalent_list_queries_share_one_entry_per_credential() {
 
     // An empty query and no query are one entry.
     let bare = get(&proxy, "/phone-number", Some(TOKEN_A)).await;
-    assert_eq!(bare.header("x-cache"), Some("miss"));
+    bare.assert_cache("miss");
     let empty = get(&proxy, "/phone-number?", Some(TOKEN_A)).await;
-    assert_eq!(empty.header("x-cache"), Some("hit"));
+    empty.assert_cache("hit");
     assert_eq!(mock.hits(), 6);
 }
 
@@ -441,26 +414,14 @@ async fn concurrent_identical_list_requests_make_one_upstream_call() {
         .start()
         .await;
     let proxy = Proxy::start(&mock.url(), "").await;
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        // Two spellings of one canonical query: they coalesce too.
-        let query = if i % 2 == 0 {
-            "page=1&limit=3"
-        } else {
-            "limit=3&page=1"
-        };
-        let url = proxy.url(&format!("/v2/phone-number?{query}"));
-        tasks.push(tokio::spawn(async move {
-            let req = Request::get(url)
-                .header("authorization", format!("Bearer {TOKEN_A}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            crate::support::send(req).await
-        }));
-    }
+    // Two spellings of one canonical query: they coalesce too.
+    let spellings = [
+        "/v2/phone-number?page=1&limit=3",
+        "/v2/phone-number?limit=3&page=1",
+    ];
+    let lookups = (0..20).map(|i| get_request(&proxy, spellings[i % 2], Some(TOKEN_A)));
     let mut bodies = Vec::new();
-    for task in tasks {
-        let resp = task.await.unwrap();
+    for resp in send_concurrently(lookups).await {
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
         assert_no_planted(&resp, "coalesced list");
         bodies.push(resp.body);
@@ -470,19 +431,8 @@ async fn concurrent_identical_list_requests_make_one_upstream_call() {
     assert_eq!(mock.hits(), 1);
 
     // The v1 route coalesces the same way.
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let url = proxy.url("/phone-number?limit=2");
-        tasks.push(tokio::spawn(async move {
-            let req = Request::get(url)
-                .header("authorization", format!("Bearer {TOKEN_A}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            crate::support::send(req).await
-        }));
-    }
-    for task in tasks {
-        assert_eq!(task.await.unwrap().status, StatusCode::OK);
+    for resp in get_concurrently(&proxy, "/phone-number?limit=2", Some(TOKEN_A), 20).await {
+        assert_eq!(resp.status, StatusCode::OK);
     }
     assert_eq!(mock.hits_for("/phone-number"), 1);
 }
@@ -494,34 +444,18 @@ async fn lists_expire_after_list_ttl_secs_independently_of_single_lookups() {
     )
     .await;
     let list = "/v2/phone-number?limit=2";
-    assert_eq!(
-        get(&proxy, list, Some(TOKEN_A)).await.header("x-cache"),
-        Some("miss")
-    );
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("miss")
-    );
-    assert_eq!(
-        get(&proxy, list, Some(TOKEN_A)).await.header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, list, Some(TOKEN_A), "miss").await;
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "miss").await;
+    get_and_assert_cache(&proxy, list, Some(TOKEN_A), "hit").await;
     assert_eq!(mock.hits(), 2);
 
     proxy.state.clock.advance(Duration::from_millis(1100));
     let after = get(&proxy, list, Some(TOKEN_A)).await;
     assert_eq!(after.status, StatusCode::OK);
-    assert_eq!(after.header("x-cache"), Some("miss"), "the list expired");
+    after.assert_cache_because("miss", "the list expired");
     assert_eq!(mock.hits_for("/v2/phone-number"), 2);
     // The single lookup lives by cache.ttl_secs (60 s by default), not by the list TTL.
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "hit").await;
     assert_eq!(mock.hits(), 3);
 }
 
@@ -531,16 +465,11 @@ async fn a_zero_list_ttl_disables_list_caching_only() {
     for _ in 0..3 {
         let resp = get(&proxy, "/phone-number", Some(TOKEN_A)).await;
         assert_eq!(resp.status, StatusCode::OK);
-        assert_eq!(resp.header("x-cache"), Some("miss"));
+        resp.assert_cache("miss");
     }
     assert_eq!(mock.hits_for("/phone-number"), 3);
     get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
-    assert_eq!(
-        get(&proxy, &path(VAPI_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(VAPI_ID), Some(TOKEN_A), "hit").await;
 }
 
 // ---- the writes ----
@@ -552,7 +481,7 @@ async fn post_forwards_the_body_byte_for_byte_and_redacts_the_echo() {
     let body = "{ \"provider\":\"twilio\" ,\n  \"number\": \"+14155550999\",\n  \"name\": \"New \\u006cine\",\n  \"twilioAccountSid\": \"AC00000000000000000000000000000001\",\n  \"twilioAuthToken\": \"PLANTED-new\",\n  \"server\": {\"url\": \"https://hooks.example.com/x?token=PLANTED-new-url\", \"headers\": {\"Authorization\": \"Bearer PLANTED-new-header\"}}\t}";
     let resp = write(&proxy, Method::POST, "/phone-number", TOKEN_A, body).await;
     assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
-    assert_eq!(resp.header("x-cache"), Some("bypass"));
+    resp.assert_cache("bypass");
     assert_eq!(resp.header("content-type"), Some("application/json"));
     assert_eq!(resp.header("cache-control"), Some("private"));
     assert!(
@@ -602,7 +531,7 @@ async fn post_forwards_the_body_byte_for_byte_and_redacts_the_echo() {
     // Writes are never cached: the same POST goes upstream again.
     let again = write(&proxy, Method::POST, "/phone-number", TOKEN_A, body).await;
     assert_eq!(again.status, StatusCode::CREATED);
-    assert_eq!(again.header("x-cache"), Some("bypass"));
+    again.assert_cache("bypass");
     assert_eq!(mock.hits(), 2);
     assert_ne!(again.json()["id"], created["id"]);
 
@@ -618,23 +547,17 @@ async fn patch_forwards_the_body_unchanged_and_invalidates_every_credentials_ent
     let one = path(TWILIO_ID);
     let a = get(&proxy, &one, Some(TOKEN_A)).await;
     let b = get(&proxy, &one, Some(TOKEN_B)).await;
-    assert_eq!(a.header("x-cache"), Some("miss"));
-    assert_eq!(b.header("x-cache"), Some("miss"));
-    assert_eq!(
-        get(&proxy, &one, Some(TOKEN_A)).await.header("x-cache"),
-        Some("hit")
-    );
-    assert_eq!(
-        get(&proxy, &one, Some(TOKEN_B)).await.header("x-cache"),
-        Some("hit")
-    );
+    a.assert_cache("miss");
+    b.assert_cache("miss");
+    get_and_assert_cache(&proxy, &one, Some(TOKEN_A), "hit").await;
+    get_and_assert_cache(&proxy, &one, Some(TOKEN_B), "hit").await;
     assert_eq!(a.json()["name"], "Support line (US)");
     assert_eq!(upstream_count(&mock, Method::GET, &one), 2);
 
     let body = "{\"name\" :  \"Renamed line\", \"smsEnabled\":false}";
     let patched = write(&proxy, Method::PATCH, &one, TOKEN_A, body).await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
-    assert_eq!(patched.header("x-cache"), Some("bypass"));
+    patched.assert_cache("bypass");
     assert_no_planted(&patched, "PATCH answer");
     let answer = patched.json();
     assert_eq!(answer["name"], "Renamed line");
@@ -652,7 +575,7 @@ async fn patch_forwards_the_body_unchanged_and_invalidates_every_credentials_ent
     // A's next lookup fetches the new data once, then hits it.
     let after = get(&proxy, &one, Some(TOKEN_A)).await;
     assert_eq!(after.status, StatusCode::OK);
-    assert_eq!(after.header("x-cache"), Some("miss"));
+    after.assert_cache("miss");
     assert_eq!(after.json()["name"], "Renamed line");
     assert_eq!(
         upstream_count(&mock, Method::GET, &one),
@@ -660,25 +583,20 @@ async fn patch_forwards_the_body_unchanged_and_invalidates_every_credentials_ent
         "exactly one refetch"
     );
     let again = get(&proxy, &one, Some(TOKEN_A)).await;
-    assert_eq!(again.header("x-cache"), Some("hit"));
+    again.assert_cache("hit");
     assert_eq!(again.json()["name"], "Renamed line");
     assert_eq!(upstream_count(&mock, Method::GET, &one), 3);
 
     // B's entry went too, though B did not write.
     let b_after = get(&proxy, &one, Some(TOKEN_B)).await;
-    assert_eq!(b_after.header("x-cache"), Some("miss"));
+    b_after.assert_cache("miss");
     assert_eq!(b_after.json()["name"], "Renamed line");
     assert_eq!(upstream_count(&mock, Method::GET, &one), 4);
 
     // Other numbers' entries are untouched.
     get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
     write(&proxy, Method::PATCH, &one, TOKEN_A, "{\"name\":\"x\"}").await;
-    assert_eq!(
-        get(&proxy, &path(VAPI_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(VAPI_ID), Some(TOKEN_A), "hit").await;
 }
 
 #[tokio::test]
@@ -687,14 +605,8 @@ async fn writes_invalidate_the_callers_cached_lists() {
     let v1 = "/phone-number";
     let v2 = "/v2/phone-number?limit=100";
     for list in [v1, v2] {
-        assert_eq!(
-            get(&proxy, list, Some(TOKEN_A)).await.header("x-cache"),
-            Some("miss")
-        );
-        assert_eq!(
-            get(&proxy, list, Some(TOKEN_A)).await.header("x-cache"),
-            Some("hit")
-        );
+        get_and_assert_cache(&proxy, list, Some(TOKEN_A), "miss").await;
+        get_and_assert_cache(&proxy, list, Some(TOKEN_A), "hit").await;
     }
     assert_eq!(mock.hits(), 2);
 
@@ -710,20 +622,17 @@ async fn writes_invalidate_the_callers_cached_lists() {
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     let new_id = created.json()["id"].as_str().unwrap().to_owned();
     let list = get(&proxy, v1, Some(TOKEN_A)).await;
-    assert_eq!(list.header("x-cache"), Some("miss"), "refetched after POST");
+    list.assert_cache_because("miss", "refetched after POST");
     let items = list.json();
     assert_eq!(items.as_array().map(Vec::len), Some(6));
     assert!(items.as_array().unwrap().iter().any(|i| i["id"] == new_id));
     assert_no_planted(&list, "list after POST");
     let page = get(&proxy, v2, Some(TOKEN_A)).await;
-    assert_eq!(page.header("x-cache"), Some("miss"));
+    page.assert_cache("miss");
     assert_eq!(page.json()["metadata"]["totalItems"], 6);
     assert_eq!(upstream_count(&mock, Method::GET, "/phone-number"), 2);
     assert_eq!(upstream_count(&mock, Method::GET, "/v2/phone-number"), 2);
-    assert_eq!(
-        get(&proxy, v1, Some(TOKEN_A)).await.header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, v1, Some(TOKEN_A), "hit").await;
 
     // PATCH: the list shows the change.
     let patched = write(
@@ -736,11 +645,7 @@ async fn writes_invalidate_the_callers_cached_lists() {
     .await;
     assert_eq!(patched.status, StatusCode::OK);
     let list = get(&proxy, v1, Some(TOKEN_A)).await;
-    assert_eq!(
-        list.header("x-cache"),
-        Some("miss"),
-        "refetched after PATCH"
-    );
+    list.assert_cache_because("miss", "refetched after PATCH");
     assert!(
         list.json()
             .as_array()
@@ -753,11 +658,7 @@ async fn writes_invalidate_the_callers_cached_lists() {
     let deleted = get_with(&proxy, Method::DELETE, &path(VAPI_ID), Some(TOKEN_A), &[]).await;
     assert_eq!(deleted.status, StatusCode::OK);
     let page = get(&proxy, v2, Some(TOKEN_A)).await;
-    assert_eq!(
-        page.header("x-cache"),
-        Some("miss"),
-        "refetched after DELETE"
-    );
+    page.assert_cache_because("miss", "refetched after DELETE");
     let body = page.json();
     assert_eq!(body["metadata"]["totalItems"], 5);
     assert!(
@@ -784,7 +685,7 @@ async fn delete_returns_the_redacted_object_and_the_next_get_is_a_404() {
 
     let deleted = get_with(&proxy, Method::DELETE, &one, Some(TOKEN_A), &[]).await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text());
-    assert_eq!(deleted.header("x-cache"), Some("bypass"));
+    deleted.assert_cache("bypass");
     assert_no_planted(&deleted, "DELETE answer");
     let body = deleted.json();
     assert_eq!(body["id"], TWILIO_ID);
@@ -798,7 +699,7 @@ async fn delete_returns_the_redacted_object_and_the_next_get_is_a_404() {
     for token in [TOKEN_A, TOKEN_B] {
         let gone = get(&proxy, &one, Some(token)).await;
         assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text());
-        assert_eq!(gone.header("x-cache"), Some("miss"));
+        gone.assert_cache("miss");
         assert_eq!(
             gone.json(),
             serde_json::from_str::<Value>(NOT_FOUND_BODY).unwrap()
@@ -809,7 +710,7 @@ async fn delete_returns_the_redacted_object_and_the_next_get_is_a_404() {
     // Deleting again relays the upstream's 404.
     let twice = get_with(&proxy, Method::DELETE, &one, Some(TOKEN_A), &[]).await;
     assert_eq!(twice.status, StatusCode::NOT_FOUND);
-    assert_eq!(twice.header("x-cache"), Some("bypass"));
+    twice.assert_cache("bypass");
     assert_eq!(
         twice.json(),
         serde_json::from_str::<Value>(NOT_FOUND_BODY).unwrap()
@@ -829,7 +730,7 @@ async fn patching_an_unknown_id_relays_the_upstream_404() {
     .await;
     assert_eq!(resp.status, StatusCode::NOT_FOUND, "{}", resp.text());
     assert_eq!(resp.header("content-type"), Some("application/json"));
-    assert_eq!(resp.header("x-cache"), Some("bypass"));
+    resp.assert_cache("bypass");
     assert_eq!(
         resp.json(),
         serde_json::from_str::<Value>(NOT_FOUND_BODY).unwrap()
@@ -1036,17 +937,10 @@ async fn bodies_carrying_the_placeholder_are_refused_with_an_explanation() {
 async fn a_lookup_issued_after_a_patch_succeeded_sees_the_patch() {
     let upstream = crate::support::slow_read::start(Duration::from_millis(700)).await;
     let proxy = Proxy::start(&format!("http://{}", upstream.addr), "").await;
-    let url = proxy.url(&path(TWILIO_ID));
-    let lookup = |url: String| async move {
-        let req = Request::get(url)
-            .header("authorization", format!("Bearer {TOKEN_A}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        crate::support::send(req).await
-    };
+    let lookup = || send(get_request(&proxy, &path(TWILIO_ID), Some(TOKEN_A)));
 
     // A lookup is in flight (the upstream has read the old name and is still answering)...
-    let before = tokio::spawn(lookup(url.clone()));
+    let before = tokio::spawn(lookup());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.gets.load(Ordering::SeqCst), 1);
 
@@ -1064,20 +958,20 @@ async fn a_lookup_issued_after_a_patch_succeeded_sees_the_patch() {
 
     // A lookup issued after the PATCH's success must see it: it may not be answered by the
     // fetch that began before the write.
-    let after = lookup(url.clone()).await;
+    let after = lookup().await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(
         after.json()["name"],
         "New name",
         "read-your-writes: a GET sent after the PATCH returned 200 got the pre-PATCH object \
          (x-cache: {:?})",
-        after.header("x-cache")
+        after.cache()
     );
 
     // The old answer may reach the lookup that began before the write, but is never cached.
     let old = before.await.unwrap();
     assert_eq!(old.status, StatusCode::OK);
-    let later = lookup(url).await;
+    let later = lookup().await;
     assert_eq!(later.json()["name"], "New name");
 }
 
@@ -1086,35 +980,15 @@ async fn a_write_whose_answer_cannot_be_relayed_still_invalidates() {
     // The PATCH may have landed even though its 2xx body is unusable: the cached entry must go.
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "").await;
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("miss")
-    );
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "miss").await;
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "hit").await;
     mock.set_behavior(Behavior::Garbage);
-    let patch = crate::support::send(
-        Request::patch(proxy.url(&path(TWILIO_ID)))
-            .header("authorization", format!("Bearer {TOKEN_A}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"name":"Renamed"}"#)))
-            .unwrap(),
-    )
-    .await;
+    let body = r#"{"name":"Renamed"}"#;
+    let patch = write(&proxy, Method::PATCH, &path(TWILIO_ID), TOKEN_A, body).await;
     assert_eq!(patch.status, StatusCode::BAD_GATEWAY);
     mock.set_behavior(Behavior::Normal);
     let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(
-        after.header("x-cache"),
-        Some("miss"),
-        "the old entry was dropped"
-    );
+    after.assert_cache_because("miss", "the old entry was dropped");
 }
 
 #[tokio::test]
@@ -1122,18 +996,13 @@ async fn a_reload_that_shortens_the_ttl_applies_to_entries_already_cached() {
     let mock = MockVapi::start().await;
     let proxy = Proxy::start(&mock.url(), "[cache]\nttl_secs = 3600\n").await;
     get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxy, &path(TWILIO_ID), Some(TOKEN_A), "hit").await;
     let mut config = proxy.state.running_config();
     config.live.freshness.ttl = std::time::Duration::ZERO;
     phonegate::reload::apply(&proxy.state, config).expect("reload");
     let after = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_ne!(
-        after.header("x-cache"),
+        after.cache(),
         Some("hit"),
         "ttl 0 now, the 3600 s entry is not fresh"
     );

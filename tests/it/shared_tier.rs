@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VAPI_ID};
-use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
-use bytes::Bytes;
-use futures_util::future::join_all;
-use http::{Method, Request, StatusCode};
-use http_body_util::Full;
+use crate::support::redis::{RedisCluster, RedisServer, TlsRedisServer};
+use crate::support::{
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, admin_get, free_addr, get,
+    get_and_assert_cache, get_request, path, purge, scrape_metric, send, send_concurrently, write,
+};
+use http::{Method, StatusCode};
 
 const KEY_SECRET: &str = "shared-tier-test-key-secret-0123";
 
@@ -55,31 +55,12 @@ async fn subscribed(proxy: &Proxy) {
 
 /// A metric's value on `proxy`'s `/metrics` (0 when absent).
 async fn metric(proxy: &Proxy, series: &str) -> f64 {
-    let req = Request::get(format!("http://{}/metrics", proxy.admin_addr))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let text = crate::support::send(req).await.text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    scrape_metric(proxy.admin_addr, series).await.unwrap_or(0.0)
 }
 
+/// `PATCH /phone-number/{id}` with a JSON body.
 async fn patch(proxy: &Proxy, id: &str, token: &str, body: &str) -> Resp {
-    let req = Request::builder()
-        .method(Method::PATCH)
-        .uri(proxy.url(&path(id)))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request");
-    crate::support::send(req).await
-}
-
-async fn purge(proxy: &Proxy, body: &str) -> Resp {
-    let req = Request::post(format!("http://{}/cache/purge", proxy.admin_addr))
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request");
-    crate::support::send(req).await
+    write(proxy, Method::PATCH, &path(id), token, body).await
 }
 
 /// Polls `check` every 20 ms for up to `within`; true as soon as it holds.
@@ -102,10 +83,7 @@ where
 
 /// Whether `proxy`'s memory stops holding a current entry for (`id`, `token`) within a second.
 async fn dropped_from_memory(proxy: &Proxy, id: &str, token: &str) -> bool {
-    let key = phonegate::cache::CacheKey {
-        resource: phonegate::cache::Resource::PhoneNumber(uuid::Uuid::parse_str(id).expect("uuid")),
-        credential: proxy.state.fingerprinter.fingerprint(token.as_bytes()),
-    };
+    let key = proxy.cache_key(id, token);
     let generation = proxy.state.live().policy_generation;
     eventually(Duration::from_secs(1), || async {
         proxy.state.store.lookup(&key, generation).is_none()
@@ -118,8 +96,9 @@ async fn cold_lookups_fold_into_one_upstream_request(mock: &MockVapi, proxies: &
     mock.set_behavior(Behavior::Delay(Duration::from_millis(300)));
     let before = mock.hits_for(&path(VAPI_ID));
     let target = path(VAPI_ID);
-    let lookups = (0..300).map(|i| get(&proxies[i % proxies.len()], &target, Some(TOKEN_A)));
-    let answers = join_all(lookups).await;
+    let lookups =
+        (0..300).map(|i| get_request(&proxies[i % proxies.len()], &target, Some(TOKEN_A)));
+    let answers = send_concurrently(lookups).await;
     mock.set_behavior(Behavior::Normal);
     for answer in &answers {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
@@ -140,16 +119,12 @@ async fn a_fill_is_a_hit_everywhere_but_only_for_its_credential(
     proxies: &[Proxy],
 ) {
     let first = get(&proxies[0], &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(first.header("x-cache"), Some("miss"));
+    first.assert_cache("miss");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for proxy in &proxies[1..] {
         let resp = get(proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(resp.status, StatusCode::OK);
-        assert_eq!(
-            resp.header("x-cache"),
-            Some("hit"),
-            "filled on another replica"
-        );
+        resp.assert_cache_because("hit", "filled on another replica");
         assert_eq!(resp.body, first.body, "the same redacted bytes");
         let age: u64 = resp.header("age").expect("age").parse().expect("seconds");
         assert!(age >= 1, "age counts from the original fetch, got {age}");
@@ -160,11 +135,7 @@ async fn a_fill_is_a_hit_everywhere_but_only_for_its_credential(
     }
     assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1);
     let other = get(&proxies[1], &path(TWILIO_ID), Some(TOKEN_B)).await;
-    assert_eq!(
-        other.header("x-cache"),
-        Some("miss"),
-        "another credential's entry"
-    );
+    other.assert_cache_because("miss", "another credential's entry");
     assert_eq!(mock.hits_for(&path(TWILIO_ID)), 2);
 }
 
@@ -174,7 +145,7 @@ async fn writes_and_purges_reach_every_replica(mock: &MockVapi, proxies: &[Proxy
     for proxy in proxies {
         get(proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
         let warm = get(proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
-        assert_eq!(warm.header("x-cache"), Some("hit"));
+        warm.assert_cache("hit");
     }
     let patched = patch(&proxies[0], VAPI_ID, TOKEN_A, r#"{"name":"Renamed line"}"#).await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
@@ -193,7 +164,7 @@ async fn writes_and_purges_reach_every_replica(mock: &MockVapi, proxies: &[Proxy
 
     for proxy in proxies {
         let warm = get(proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
-        assert_eq!(warm.header("x-cache"), Some("hit"));
+        warm.assert_cache("hit");
     }
     let purged = purge(&proxies[1], &format!(r#"{{"id":"{VAPI_ID}"}}"#)).await;
     assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
@@ -206,7 +177,7 @@ async fn writes_and_purges_reach_every_replica(mock: &MockVapi, proxies: &[Proxy
     // The shared copy went too: the next lookup anywhere fetches from the upstream.
     let hits = mock.hits_for(&path(VAPI_ID));
     let after = get(&proxies[0], &path(VAPI_ID), Some(TOKEN_A)).await;
-    assert_eq!(after.header("x-cache"), Some("miss"));
+    after.assert_cache("miss");
     assert_eq!(mock.hits_for(&path(VAPI_ID)), hits + 1);
 
     // Purges by key_id and of everything reach every replica's memory and Redis as well.
@@ -233,11 +204,7 @@ async fn writes_and_purges_reach_every_replica(mock: &MockVapi, proxies: &[Proxy
         }
         let hits = mock.hits_for(&path(VAPI_ID));
         let after = get(&proxies[1], &path(VAPI_ID), Some(TOKEN_A)).await;
-        assert_eq!(
-            after.header("x-cache"),
-            Some("miss"),
-            "{body}: Redis kept it"
-        );
+        after.assert_cache_because("miss", format_args!("{body}: Redis kept it"));
         assert_eq!(mock.hits_for(&path(VAPI_ID)), hits + 1);
     }
 }
@@ -271,12 +238,7 @@ async fn three_replicas_on_one_redis_act_as_one_cache() {
     writes_and_purges_reach_every_replica(&mock, &proxies).await;
     // Lists too: a write by a credential drops its lists on every replica.
     get(&proxies[0], "/phone-number?limit=5", Some(TOKEN_A)).await;
-    assert_eq!(
-        get(&proxies[1], "/phone-number?limit=5", Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit")
-    );
+    get_and_assert_cache(&proxies[1], "/phone-number?limit=5", Some(TOKEN_A), "hit").await;
     patch(
         &proxies[2],
         TWILIO_ID,
@@ -287,7 +249,7 @@ async fn three_replicas_on_one_redis_act_as_one_cache() {
     let dropped = eventually(Duration::from_secs(1), || async {
         get(&proxies[1], "/phone-number?limit=5", Some(TOKEN_A))
             .await
-            .header("x-cache")
+            .cache()
             == Some("miss")
     })
     .await;
@@ -332,16 +294,11 @@ async fn a_fill_racing_a_write_on_another_replica_does_not_resurrect_old_data() 
     let upstream = crate::support::slow_read::start(Duration::from_millis(700)).await;
     let proxies = replicas(2, &upstream.url(), &redis.url(), false, "").await;
     // Replica 0 starts a lookup: the upstream has read the old name and is still answering...
-    let slow = {
-        let url = proxies[0].url(&path(TWILIO_ID));
-        tokio::spawn(async move {
-            let req = Request::get(url)
-                .header("authorization", format!("Bearer {TOKEN_A}"))
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            crate::support::send(req).await
-        })
-    };
+    let slow = tokio::spawn(send(get_request(
+        &proxies[0],
+        &path(TWILIO_ID),
+        Some(TOKEN_A),
+    )));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.get_count(), 1);
     // ...when a PATCH through replica 1 succeeds.
@@ -356,12 +313,7 @@ async fn a_fill_racing_a_write_on_another_replica_does_not_resurrect_old_data() 
     // The older answer was stored nowhere: neither replica, nor Redis, serves it again.
     for proxy in &proxies {
         let now = get(proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-        assert_eq!(
-            now.json()["name"],
-            "New name",
-            "x-cache {:?}",
-            now.header("x-cache")
-        );
+        assert_eq!(now.json()["name"], "New name", "x-cache {:?}", now.cache());
     }
     assert!(
         metric(&proxies[0], "phonegate_fills_refused_total{tier=\"l2\"}").await
@@ -469,10 +421,10 @@ async fn redis_dying_fails_no_request_and_sharing_resumes_when_it_returns() {
         "{} of {lookups} failed: {failures:?}",
         failures.len()
     );
-    let ready = Request::get(format!("http://{}/readyz", proxies[0].admin_addr))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    assert_eq!(crate::support::send(ready).await.status, StatusCode::OK);
+    assert_eq!(
+        admin_get(proxies[0].admin_addr, "/readyz").await.status,
+        StatusCode::OK
+    );
 
     // Redis is back: the replicas resubscribe and share fills again.
     for proxy in &proxies {
@@ -487,7 +439,7 @@ async fn redis_dying_fails_no_request_and_sharing_resumes_when_it_returns() {
             get(&proxies[0], &path(TWILIO_ID), Some(&token)).await;
             get(&proxies[1], &path(TWILIO_ID), Some(&token))
                 .await
-                .header("x-cache")
+                .cache()
                 == Some("hit")
         }
     })
@@ -519,11 +471,7 @@ async fn redis_dying_fails_no_request_and_sharing_resumes_when_it_returns() {
 #[tokio::test]
 async fn an_unreachable_redis_at_start_is_only_a_slower_path() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_addr().port();
     let mock = MockVapi::start().await;
     let settings = format!(
         "[cache]\nkey_secret = \"{KEY_SECRET}\"\n[redis]\nurl = \"redis://127.0.0.1:{port}\"\n"
@@ -533,13 +481,9 @@ async fn an_unreachable_redis_at_start_is_only_a_slower_path() {
         let resp = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     }
-    assert_eq!(
-        get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
-            .await
-            .header("x-cache"),
-        Some("hit"),
-        "this replica's memory still works"
-    );
+    get(&proxy, &path(TWILIO_ID), Some(TOKEN_A))
+        .await
+        .assert_cache_because("hit", "this replica's memory still works");
     assert_eq!(mock.hits(), 1);
 }
 
@@ -559,104 +503,21 @@ async fn replicas_with_different_redaction_policies_never_share_entries() {
     let before = get(&old[0], &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_ne!(before.json()["number"], "[REDACTED]");
     let after = get(&new[0], &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(
-        after.header("x-cache"),
-        Some("miss"),
-        "not the old policy's entry"
-    );
+    after.assert_cache_because("miss", "not the old policy's entry");
     assert_eq!(after.json()["number"], "[REDACTED]");
     assert_eq!(mock.hits(), 2);
 }
 
-/// A `redis-server` speaking only TLS on 127.0.0.1, with a self-signed certificate for
-/// 127.0.0.1; killed when dropped.
-struct TlsRedis {
-    port: u16,
-    ca_path: std::path::PathBuf,
-    dir: std::path::PathBuf,
-    child: std::process::Child,
-}
-
-impl TlsRedis {
-    fn start() -> TlsRedis {
-        crate::support::redis::require_redis();
-        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-        ])
-        .expect("rcgen");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "phonegate-tls-redis-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let ca_path = dir.join("cert.pem");
-        let key_path = dir.join("key.pem");
-        std::fs::write(&ca_path, cert.pem()).expect("cert");
-        std::fs::write(&key_path, signing_key.serialize_pem()).expect("key");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-            .arg("--tls-cert-file")
-            .arg(&ca_path)
-            .arg("--tls-key-file")
-            .arg(&key_path)
-            .arg("--tls-ca-cert-file")
-            .arg(&ca_path)
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server with TLS");
-        TlsRedis {
-            port,
-            ca_path,
-            dir,
-            child,
-        }
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn replicas_share_a_redis_over_tls() {
-    let redis = TlsRedis::start();
+    let redis = TlsRedisServer::start();
     let mock = MockVapi::start().await;
-    let url = format!("rediss://127.0.0.1:{}", redis.port);
-    let extra = format!("ca_path = \"{}\"\n", redis.ca_path.display());
+    let url = redis.url();
+    let extra = format!("ca_path = \"{}\"\n", redis.ca_path().display());
     // Wait for the server: the replicas subscribe only once it answers over TLS.
     let proxies = replicas(2, &mock.url(), &url, false, &extra).await;
     get(&proxies[0], &path(TWILIO_ID), Some(TOKEN_A)).await;
     let second = get(&proxies[1], &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(
-        second.header("x-cache"),
-        Some("hit"),
-        "shared over rediss://"
-    );
+    second.assert_cache_because("hit", "shared over rediss://");
     assert_eq!(mock.hits(), 1);
 }

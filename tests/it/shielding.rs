@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use crate::support::mock_vapi::{
     BYO_ID, FIXTURE_IDS, PLANTED, TELNYX_ID, TWILIO_ID, VAPI_ID, VONAGE_ID,
 };
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use crate::support::{
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, get_request, path, scrape_metric, send,
+};
+use http::StatusCode;
 
 /// Settings that switch the stale windows and limits off, so each test turns on only what it
 /// exercises.
@@ -112,13 +112,13 @@ async fn a_429_cool_down_serves_stale_answers_where_it_has_them() {
     });
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(stale.status, StatusCode::OK);
-    assert_eq!(stale.header("x-cache"), Some("stale"));
+    stale.assert_cache("stale");
     assert_eq!(stale.body, original.body);
     assert_eq!(mock.hits(), 2);
     // During the cool-down: stale for the id it has, 429 for one it has not, no upstream call.
     for _ in 0..20 {
         let again = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-        assert_eq!(again.header("x-cache"), Some("stale"));
+        again.assert_cache("stale");
     }
     let unknown = get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
     assert!(assert_refusal(&unknown, 429) <= 30);
@@ -143,7 +143,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     for _ in 0..20 {
         let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(stale.status, StatusCode::OK);
-        assert_eq!(stale.header("x-cache"), Some("stale"));
+        stale.assert_cache("stale");
         assert_eq!(stale.body, original.body);
     }
     assert!(
@@ -155,11 +155,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(mock.hits(), 2, "exactly one refresh");
     let fresh = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(
-        fresh.header("x-cache"),
-        Some("hit"),
-        "the refresh replaced the entry"
-    );
+    fresh.assert_cache_because("hit", "the refresh replaced the entry");
     assert_eq!(mock.hits(), 2);
 }
 
@@ -175,18 +171,16 @@ async fn a_background_refresh_is_coalesced_with_a_foreground_miss() {
     proxy.state.clock.advance(Duration::from_millis(1100));
     mock.set_behavior(Behavior::Delay(Duration::from_millis(500)));
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(stale.header("x-cache"), Some("stale"));
+    stale.assert_cache("stale");
     // While the refresh runs, a caller that must wait (HEAD with no entry? no: same key) joins it:
     // evict the stale entry so the next caller is a foreground miss for the same key.
-    proxy.state.store.evict(&phonegate::cache::CacheKey {
-        resource: phonegate::cache::Resource::PhoneNumber(
-            uuid::Uuid::parse_str(TWILIO_ID).unwrap(),
-        ),
-        credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
-    });
+    proxy
+        .state
+        .store
+        .evict(&proxy.cache_key(TWILIO_ID, TOKEN_A));
     let miss = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(miss.status, StatusCode::OK);
-    assert_eq!(miss.header("x-cache"), Some("miss"));
+    miss.assert_cache("miss");
     assert_eq!(
         mock.hits(),
         2,
@@ -207,20 +201,16 @@ async fn a_failed_refresh_keeps_the_stale_entry() {
     mock.set_behavior(Behavior::Status(500));
     for _ in 0..3 {
         let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-        assert_eq!(stale.header("x-cache"), Some("stale"));
+        stale.assert_cache("stale");
         assert_eq!(stale.body, original.body);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     mock.set_behavior(Behavior::Normal);
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(
-        stale.header("x-cache"),
-        Some("stale"),
-        "still there after failed refreshes"
-    );
+    stale.assert_cache_because("stale", "still there after failed refreshes");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let fresh = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(fresh.header("x-cache"), Some("hit"));
+    fresh.assert_cache("hit");
 }
 
 #[tokio::test]
@@ -236,7 +226,7 @@ async fn a_refresh_answered_401_drops_the_stale_entry() {
     // The key was revoked upstream.
     mock.set_behavior(Behavior::Status(401));
     let stale = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(stale.header("x-cache"), Some("stale"));
+    stale.assert_cache("stale");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let revoked = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(
@@ -287,7 +277,7 @@ async fn the_fault_matrix_serves_stale_where_one_exists() {
         mock.set_behavior(fault);
         let stale = get(&proxy, &path(VAPI_ID), Some(TOKEN_A)).await;
         assert_eq!(stale.status, StatusCode::OK, "{name}: {}", stale.text());
-        assert_eq!(stale.header("x-cache"), Some("stale"), "{name}");
+        stale.assert_cache_because("stale", name);
         assert_eq!(stale.body, original.body, "{name}");
         assert!(!stale.text().contains(PLANTED), "{name}");
         assert_eq!(mock.hits(), 2, "{name}");
@@ -304,7 +294,7 @@ async fn the_fault_matrix_serves_stale_where_one_exists() {
         proxy.state.clock.advance(Duration::from_millis(1100)); // past any 429 cool-down
         let healed = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(healed.status, StatusCode::OK, "{name}");
-        assert_eq!(healed.header("x-cache"), Some("miss"), "{name}");
+        healed.assert_cache_because("miss", name);
     }
 }
 
@@ -321,7 +311,7 @@ async fn a_refused_upstream_serves_stale() {
     proxy.state.clock.advance(Duration::from_millis(1100));
     let stale = get(&proxy, &path(BYO_ID), Some(TOKEN_A)).await;
     assert_eq!(stale.status, StatusCode::OK);
-    assert_eq!(stale.header("x-cache"), Some("stale"));
+    stale.assert_cache("stale");
     assert_eq!(stale.body, original.body);
     let none = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(none.status, StatusCode::BAD_GATEWAY);
@@ -396,7 +386,7 @@ async fn the_miss_budget_refuses_misses_but_never_hits() {
     for _ in 0..50 {
         let hit = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_eq!(hit.status, StatusCode::OK);
-        assert_eq!(hit.header("x-cache"), Some("hit"));
+        hit.assert_cache("hit");
     }
     // Another credential has its own budget.
     assert_eq!(
@@ -441,16 +431,8 @@ async fn the_concurrency_cap_queues_boundedly_then_refuses() {
     .await;
     let mut tasks = Vec::new();
     for id in [TWILIO_ID, VONAGE_ID, VAPI_ID] {
-        let url = proxy.url(&path(id));
-        tasks.push(tokio::spawn(async move {
-            crate::support::send(
-                Request::get(url)
-                    .header("authorization", format!("Bearer {TOKEN_A}"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-        }));
+        let lookup = get_request(&proxy, &path(id), Some(TOKEN_A));
+        tasks.push(tokio::spawn(send(lookup)));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut statuses = Vec::new();
@@ -505,23 +487,17 @@ async fn stale_and_refusals_never_leak_secrets_for_any_variant() {
     mock.set_behavior(Behavior::Status(503));
     for (provider, id) in FIXTURE_IDS {
         let resp = get(&proxy, &path(id), Some(TOKEN_A)).await;
-        assert_eq!(resp.header("x-cache"), Some("stale"), "{provider}");
+        resp.assert_cache_because("stale", provider);
         assert!(!resp.text().contains(PLANTED), "{provider}");
     }
 }
 
 /// `phonegate_refusals_total{reason="<reason>"}` on `proxy`'s admin listener.
 async fn refusals(proxy: &Proxy, reason: &str) -> u64 {
-    let req = Request::get(format!("http://{}/metrics", proxy.admin_addr))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let series = format!("phonegate_refusals_total{{reason=\"{reason}\"}} ");
-    crate::support::send(req)
+    let series = format!("phonegate_refusals_total{{reason=\"{reason}\"}}");
+    scrape_metric(proxy.admin_addr, &series)
         .await
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
-        .unwrap_or(0)
+        .map_or(0, |n| n as u64)
 }
 
 #[tokio::test]

@@ -1,16 +1,18 @@
 //! TLS on both sides: the listener with a certificate (ALPN h2 and HTTP/1.1), the upstream over
 //! HTTPS with an extra trusted CA, and start-up errors for unusable TLS files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::mock_vapi::{PLANTED, TELNYX_ID, TWILIO_ID};
-use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, get, path};
+use crate::support::{
+    MockVapi, Proxy, Resp, TOKEN_A, TempDir, TestCert, get, get_request, path, request,
+    tls_client_config,
+};
 use bytes::Bytes;
-use http::{Request, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode, Version};
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,61 +20,6 @@ use hyper_util::rt::TokioExecutor;
 use phonegate::config::Config;
 use phonegate::server::{Server, StartError};
 use rustls_pki_types::CertificateDer;
-
-/// A per-test directory in the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("phonegate-tls-{}-{n}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed certificate for `localhost` and `127.0.0.1`, written out as PEM files.
-struct TestCert {
-    der: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    _dir: TempDir,
-}
-
-fn test_cert(tag: &str) -> TestCert {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("rcgen");
-    let cert_pem = cert.pem();
-    let key_pem = signing_key.serialize_pem();
-    let dir = TempDir::new(tag);
-    let cert_path = dir.write("cert.pem", cert_pem.as_bytes());
-    let key_path = dir.write("key.pem", key_pem.as_bytes());
-    TestCert {
-        der: cert.der().clone(),
-        cert_pem,
-        key_pem,
-        cert_path,
-        key_path,
-        _dir: dir,
-    }
-}
 
 /// A TOML string literal for a path.
 fn toml_path(path: &Path) -> String {
@@ -89,22 +36,22 @@ fn tls_config_toml(upstream_url: &str, cert: &Path, key: &Path) -> String {
     )
 }
 
+/// A proxy whose listener serves TLS with `cert`, in front of `mock`, with `extra` settings.
+async fn tls_proxy(mock: &MockVapi, cert: &TestCert, extra: &str) -> Proxy {
+    let toml = format!(
+        "{}{extra}",
+        tls_config_toml(&mock.url(), &cert.cert_path, &cert.key_path)
+    );
+    Proxy::start_with(Config::from_toml(&toml).expect("valid TLS config")).await
+}
+
 /// A client that trusts exactly `cert`, offering h2 only (ALPN) or HTTP/1.1 only (no ALPN).
 fn tls_client(
     cert: &CertificateDer<'static>,
     h2: bool,
 ) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).expect("trust the test certificate");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config(tls_client_config(cert))
         .https_only();
     let connector = if h2 {
         builder.enable_http2().build()
@@ -118,30 +65,17 @@ async fn tls_get(
     client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: &str,
 ) -> (Version, Resp) {
-    let req = Request::get(url)
-        .header("authorization", format!("Bearer {TOKEN_A}"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let req = request(Method::GET, url, Some(TOKEN_A), &[], Bytes::new());
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .expect("answer in time")
         .expect("TLS request");
-    let version = response.version();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    (
-        version,
-        Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        },
-    )
+    (response.version(), Resp::read(response).await)
 }
 
 #[tokio::test]
 async fn the_tls_listener_serves_h2_by_alpn_and_http1_without() {
-    let cert = test_cert("listener");
+    let cert = TestCert::new("tls-listener");
     let mock = MockVapi::start().await;
     let config = Config::from_toml(&tls_config_toml(
         &mock.url(),
@@ -158,20 +92,20 @@ async fn the_tls_listener_serves_h2_by_alpn_and_http1_without() {
     let (version, first) = tls_get(&h2, &url).await;
     assert_eq!(version, Version::HTTP_2, "ALPN h2 gives HTTP/2");
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.header("x-cache"), Some("miss"));
+    first.assert_cache("miss");
     assert_eq!(first.json()["id"], TWILIO_ID);
     assert!(!first.text().contains(PLANTED));
     let (version, second) = tls_get(&h2, &url).await;
     assert_eq!(version, Version::HTTP_2);
     assert_eq!(second.status, StatusCode::OK);
-    assert_eq!(second.header("x-cache"), Some("hit"));
+    second.assert_cache("hit");
     assert_eq!(second.body, first.body);
 
     let h1 = tls_client(&cert.der, false);
     let (version, third) = tls_get(&h1, &url).await;
     assert_eq!(version, Version::HTTP_11, "no ALPN gives HTTP/1.1");
     assert_eq!(third.status, StatusCode::OK);
-    assert_eq!(third.header("x-cache"), Some("hit"));
+    third.assert_cache("hit");
     assert_eq!(third.body, first.body);
 
     // By IP address too (the certificate names 127.0.0.1).
@@ -179,7 +113,7 @@ async fn the_tls_listener_serves_h2_by_alpn_and_http1_without() {
     let (version, fourth) = tls_get(&h1, &by_ip).await;
     assert_eq!(version, Version::HTTP_11);
     assert_eq!(fourth.status, StatusCode::OK);
-    assert_eq!(fourth.header("x-cache"), Some("miss"));
+    fourth.assert_cache("miss");
 
     assert_eq!(mock.hits(), 2, "one upstream call per (id, key)");
     proxy.stop().await;
@@ -187,15 +121,9 @@ async fn the_tls_listener_serves_h2_by_alpn_and_http1_without() {
 
 #[tokio::test]
 async fn plain_http_to_the_tls_port_gets_no_answer() {
-    let cert = test_cert("plain");
+    let cert = TestCert::new("tls-plain");
     let mock = MockVapi::start().await;
-    let config = Config::from_toml(&tls_config_toml(
-        &mock.url(),
-        &cert.cert_path,
-        &cert.key_path,
-    ))
-    .expect("valid TLS config");
-    let proxy = Proxy::start_with(config).await;
+    let proxy = tls_proxy(&mock, &cert, "").await;
 
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN_A}\r\n\
@@ -214,10 +142,7 @@ async fn plain_http_to_the_tls_port_gets_no_answer() {
     );
 
     // Through a regular HTTP client as well: an error or anything but 200.
-    let req = Request::get(proxy.url(&path(TWILIO_ID)))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let req = get_request(&proxy, &path(TWILIO_ID), Some(TOKEN_A));
     let outcome = tokio::time::timeout(
         Duration::from_secs(5),
         crate::support::client().request(req),
@@ -234,13 +159,9 @@ async fn plain_http_to_the_tls_port_gets_no_answer() {
 #[tokio::test]
 async fn a_tls_client_that_never_handshakes_is_disconnected() {
     use tokio::io::AsyncReadExt;
-    let cert = test_cert("silent");
+    let cert = TestCert::new("tls-silent");
     let mock = MockVapi::start().await;
-    let toml = format!(
-        "{}[server]\nheader_timeout_ms = 300\n",
-        tls_config_toml(&mock.url(), &cert.cert_path, &cert.key_path)
-    );
-    let proxy = Proxy::start_with(Config::from_toml(&toml).expect("valid config")).await;
+    let proxy = tls_proxy(&mock, &cert, "[server]\nheader_timeout_ms = 300\n").await;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr)
         .await
         .expect("connect");
@@ -262,15 +183,7 @@ async fn silent_after_handshake(
     alpn: &[u8],
 ) -> Option<Duration> {
     use tokio::io::AsyncReadExt;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).expect("trust the test certificate");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = tls_client_config(cert);
     config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -295,13 +208,9 @@ async fn silent_after_handshake(
 
 #[tokio::test]
 async fn a_tls_http1_client_that_sends_no_request_is_disconnected() {
-    let cert = test_cert("silent-h1");
+    let cert = TestCert::new("tls-silent-h1");
     let mock = MockVapi::start().await;
-    let toml = format!(
-        "{}[server]\nheader_timeout_ms = 300\n",
-        tls_config_toml(&mock.url(), &cert.cert_path, &cert.key_path)
-    );
-    let proxy = Proxy::start_with(Config::from_toml(&toml).expect("valid config")).await;
+    let proxy = tls_proxy(&mock, &cert, "[server]\nheader_timeout_ms = 300\n").await;
     let closed = silent_after_handshake(proxy.addr, &cert.der, b"http/1.1").await;
     assert!(
         closed.is_some(),
@@ -312,13 +221,10 @@ async fn a_tls_http1_client_that_sends_no_request_is_disconnected() {
 
 #[tokio::test]
 async fn a_tls_h2_client_that_sends_no_request_is_disconnected() {
-    let cert = test_cert("silent-h2");
+    let cert = TestCert::new("tls-silent-h2");
     let mock = MockVapi::start().await;
-    let toml = format!(
-        "{}[server]\nheader_timeout_ms = 300\ndrain_timeout_ms = 500\n",
-        tls_config_toml(&mock.url(), &cert.cert_path, &cert.key_path)
-    );
-    let proxy = Proxy::start_with(Config::from_toml(&toml).expect("valid config")).await;
+    let server = "[server]\nheader_timeout_ms = 300\ndrain_timeout_ms = 500\n";
+    let proxy = tls_proxy(&mock, &cert, server).await;
     let closed = silent_after_handshake(proxy.addr, &cert.der, b"h2").await;
     assert!(
         closed.is_some(),
@@ -329,7 +235,7 @@ async fn a_tls_h2_client_that_sends_no_request_is_disconnected() {
 
 #[tokio::test]
 async fn the_upstream_over_https_is_trusted_through_ca_path() {
-    let cert = test_cert("upstream");
+    let cert = TestCert::new("tls-upstream");
     let mock = MockVapi::builder()
         .tls(&cert.cert_pem, &cert.key_pem)
         .start()
@@ -391,11 +297,11 @@ async fn bind_error_naming(toml: &str, key: &str) {
 
 #[tokio::test]
 async fn unusable_tls_files_are_configuration_errors_naming_the_key() {
-    let cert = test_cert("bad-files");
-    let other = test_cert("bad-files-other");
-    let dir = TempDir::new("bad-files-extra");
+    let cert = TestCert::new("tls-bad-files");
+    let other = TestCert::new("tls-bad-files-other");
+    let dir = TempDir::new("tls-bad-files-extra");
     let garbage = dir.write("garbage.pem", b"this is not PEM\n");
-    let missing = dir.0.join("does-not-exist.pem");
+    let missing = dir.path().join("does-not-exist.pem");
     let upstream = "http://127.0.0.1:9";
 
     // A missing certificate file.

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::mock_vapi::{PLANTED, TWILIO_ID};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, get, path};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use crate::support::{
+    Behavior, MockVapi, Proxy, Resp, TOKEN_A, TOKEN_B, free_addr, get, get_concurrently, path,
+};
+use http::StatusCode;
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -19,13 +19,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 /// A JSON error answer with `status`: NestJS shape, the common headers, no leaks.
 fn assert_json_error(resp: &Resp, status: u16, what: &str) {
     crate::support::assert_json_error(resp, status, what);
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/json"),
-        "{what}"
-    );
-    assert_eq!(resp.header("cache-control"), Some("private"), "{what}");
-    assert!(resp.header("x-request-id").is_some(), "{what}");
+    resp.assert_json_headers(what);
     assert_no_leak(resp, what);
 }
 
@@ -58,11 +52,7 @@ async fn assert_recovers(proxy: &Proxy, mock: &MockVapi) {
     let before = mock.hits_for(&path(TWILIO_ID));
     let resp = get(proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
-    assert_eq!(
-        resp.header("x-cache"),
-        Some("miss"),
-        "the failure was not cached"
-    );
+    resp.assert_cache_because("miss", "the failure was not cached");
     assert_eq!(
         mock.hits_for(&path(TWILIO_ID)),
         before + 1,
@@ -72,7 +62,7 @@ async fn assert_recovers(proxy: &Proxy, mock: &MockVapi) {
     assert!(!contains(&resp.body, PLANTED), "{}", resp.text());
     // And it is served from the cache from then on.
     let hit = get(proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
-    assert_eq!(hit.header("x-cache"), Some("hit"));
+    hit.assert_cache("hit");
     assert_eq!(mock.hits_for(&path(TWILIO_ID)), before + 1);
 }
 
@@ -85,7 +75,7 @@ async fn check_replaced(behavior: Behavior, extra: &str, status: u16) {
     for round in 1..=2 {
         let resp = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_json_error(&resp, status, &what);
-        assert_ne!(resp.header("x-cache"), Some("hit"), "{what}");
+        assert_ne!(resp.cache(), Some("hit"), "{what}");
         assert_eq!(mock.hits_for(&path(TWILIO_ID)), round, "{what}: not cached");
     }
     assert_recovers(&proxy, &mock).await;
@@ -93,10 +83,7 @@ async fn check_replaced(behavior: Behavior, extra: &str, status: u16) {
 
 #[tokio::test]
 async fn a_refused_connection_is_a_502() {
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let addr = free_addr();
     let proxy = Proxy::start(&format!("http://{addr}"), "").await;
     for _ in 0..2 {
         let started = Instant::now();
@@ -108,12 +95,7 @@ async fn a_refused_connection_is_a_502() {
         );
     }
     // Nothing was cached for the key.
-    let key = phonegate::cache::CacheKey {
-        resource: phonegate::cache::Resource::PhoneNumber(
-            uuid::Uuid::parse_str(TWILIO_ID).unwrap(),
-        ),
-        credential: proxy.state.fingerprinter.fingerprint(TOKEN_A.as_bytes()),
-    };
+    let key = proxy.cache_key(TWILIO_ID, TOKEN_A);
     assert!(proxy.state.store.lookup(&key, 0).is_none());
     // Bring an upstream up on that port: the proxy reaches it and serves normally.
     match MockVapi::builder().addr(addr).try_start().await {
@@ -195,7 +177,7 @@ async fn upstream_5xx_are_relayed_and_never_cached() {
         for round in 1..=2 {
             let resp = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
             assert_json_error(&resp, code, &format!("Status({code})"));
-            assert_eq!(resp.header("x-cache"), Some("miss"), "{code}");
+            resp.assert_cache_because("miss", code);
             assert!(resp.header("etag").is_none(), "{code}");
             assert_eq!(
                 mock.hits_for(&path(TWILIO_ID)),
@@ -242,7 +224,7 @@ async fn a_429_relays_retry_after_and_is_not_cached() {
     let resp = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
     assert_json_error(&resp, 429, "429 with Retry-After");
     assert_eq!(resp.header("retry-after"), Some("7"));
-    assert_eq!(resp.header("x-cache"), Some("miss"));
+    resp.assert_cache("miss");
     assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1);
     // Not cached, and the credential now cools down: phonegate answers the next 429 itself,
     // with the remaining wait, without asking the upstream (tests/shielding.rs has the rest).
@@ -255,7 +237,7 @@ async fn a_429_relays_retry_after_and_is_not_cached() {
     mock.set_behavior(Behavior::Normal);
     let other = get(&proxy, &path(TWILIO_ID), Some(TOKEN_B)).await;
     assert_eq!(other.status, StatusCode::OK);
-    assert_eq!(other.header("x-cache"), Some("miss"));
+    other.assert_cache("miss");
     assert!(
         other.header("retry-after").is_none(),
         "a 200 carries no retry-after"
@@ -290,19 +272,7 @@ async fn concurrent_requests_share_one_failing_fetch() {
         .await;
     let proxy = Proxy::start(&mock.url(), "[upstream]\ntimeout_ms = 800\n").await;
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let url = proxy.url(&path(TWILIO_ID));
-        tasks.push(tokio::spawn(async move {
-            let req = Request::get(url)
-                .header("authorization", format!("Bearer {TOKEN_A}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            crate::support::send(req).await
-        }));
-    }
-    for task in tasks {
-        let resp = task.await.expect("request task");
+    for resp in get_concurrently(&proxy, &path(TWILIO_ID), Some(TOKEN_A), 50).await {
         assert_json_error(&resp, 504, "coalesced timeout");
     }
     assert!(
@@ -337,7 +307,7 @@ async fn a_json_503_relays_retry_after_and_is_not_cached() {
         let resp = get(&proxy, &path(TWILIO_ID), Some(TOKEN_A)).await;
         assert_json_error(&resp, 503, "503 with Retry-After");
         assert_eq!(resp.header("retry-after"), Some("30"));
-        assert_eq!(resp.header("x-cache"), Some("miss"));
+        resp.assert_cache("miss");
         assert_eq!(mock.hits_for(&path(TWILIO_ID)), round, "never cached");
     }
     assert_recovers(&proxy, &mock).await;

@@ -1,24 +1,38 @@
 //! Shared test harness: a phonegate started in-process on ephemeral ports against a mock upstream
 //! (the `mock-vapi` crate, tests/mock-vapi/, re-exported here as `mock_vapi`), and small clients (a
 //! pooled HTTP/1.1 client and a raw-socket one for malformed requests).
+//!
+//! Also what the test modules assert and build with, so that each is written once: the cache state
+//! of an answer ([`Resp::assert_cache`] checks `x-cache` and that RFC 9211 `Cache-Status` agrees),
+//! requests ([`request`], [`get_request`], [`write`], [`admin`]) and many at once
+//! ([`get_concurrently`], [`send_concurrently`]), `/metrics` values, cache keys, secret-leak
+//! checks, temporary directories, self-signed certificates and free ports.
 #![allow(dead_code, unused_imports)]
 
 pub mod redis;
 pub mod slow_read;
 
-use std::net::SocketAddr;
+use std::fmt::Display;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::panic::Location;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use phonegate::cache::{CacheKey, Resource};
 use phonegate::config::Config;
 use phonegate::server::Server;
 use phonegate::state::AppState;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -95,6 +109,14 @@ impl Proxy {
     pub fn take_task(&mut self) -> JoinHandle<()> {
         self.task.take().expect("task not taken yet")
     }
+
+    /// The cache key of phone number `id` looked up with `token`.
+    pub fn cache_key(&self, id: &str, token: &str) -> CacheKey {
+        CacheKey {
+            resource: Resource::PhoneNumber(uuid::Uuid::parse_str(id).expect("a phone-number id")),
+            credential: self.state.fingerprinter.fingerprint(token.as_bytes()),
+        }
+    }
 }
 
 impl Drop for Proxy {
@@ -160,6 +182,17 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Reads `response` in full.
+    pub async fn read(response: http::Response<Incoming>) -> Resp {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -172,6 +205,103 @@ impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// How the cache took part, as `x-cache` says: `hit`, `miss`, `stale` or `bypass`; `None`
+    /// when the request never reached the cache.
+    pub fn cache(&self) -> Option<&str> {
+        self.header("x-cache")
+    }
+
+    /// The RFC 9211 `Cache-Status` value.
+    pub fn cache_status(&self) -> Option<&str> {
+        self.header("cache-status")
+    }
+
+    /// Asserts `x-cache` is `expected` and `Cache-Status` says the same (see
+    /// [`cache_status_agrees`]).
+    #[track_caller]
+    pub fn assert_cache(&self, expected: &str) {
+        self.check_cache(expected, None);
+    }
+
+    /// [`Resp::assert_cache`], saying `why` the answer should have that cache state.
+    #[track_caller]
+    pub fn assert_cache_because(&self, expected: &str, why: impl Display) {
+        self.check_cache(expected, Some(&why));
+    }
+
+    /// Asserts the request never reached the cache: neither `x-cache` nor `Cache-Status`.
+    #[track_caller]
+    pub fn assert_no_cache(&self, why: impl Display) {
+        assert!(
+            self.cache().is_none() && self.cache_status().is_none(),
+            "{why}: {}",
+            self.cache_state()
+        );
+    }
+
+    #[track_caller]
+    fn check_cache(&self, expected: &str, why: Option<&dyn Display>) {
+        let why = why.map_or(String::new(), |why| format!("{why}: "));
+        assert_eq!(
+            self.cache(),
+            Some(expected),
+            "{why}x-cache is not {expected:?}; {}",
+            self.cache_state()
+        );
+        assert!(
+            cache_status_agrees(expected, self.cache_status()),
+            "{why}cache-status does not agree with x-cache {expected:?}; {}",
+            self.cache_state()
+        );
+    }
+
+    /// Status, `x-cache` and `Cache-Status`, for failure messages.
+    fn cache_state(&self) -> String {
+        format!(
+            "status {}, x-cache {:?}, cache-status {:?}",
+            self.status,
+            self.cache(),
+            self.cache_status()
+        )
+    }
+
+    /// Asserts the headers every JSON answer carries: `content-type: application/json`,
+    /// `cache-control: private` and an `x-request-id`.
+    #[track_caller]
+    pub fn assert_json_headers(&self, what: &str) {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+        assert_eq!(self.header("cache-control"), Some("private"), "{what}");
+        assert!(self.header("x-request-id").is_some(), "{what}");
+    }
+}
+
+/// Whether an RFC 9211 `Cache-Status` value says what `x-cache` value `x_cache` says: `hit` is
+/// `phonegate; hit; ttl=N`, `miss` is `phonegate; fwd=uri-miss` (perhaps `; stored`,
+/// `; collapsed`), `stale` is `phonegate; hit; fwd=stale` (perhaps `; detail=...`) and `bypass`
+/// is `phonegate; fwd=bypass`.
+pub fn cache_status_agrees(x_cache: &str, cache_status: Option<&str>) -> bool {
+    let Some(value) = cache_status else {
+        return false;
+    };
+    let is_or_extends = |base: &str| {
+        value
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("; "))
+    };
+    match x_cache {
+        "hit" => value
+            .strip_prefix("phonegate; hit; ttl=")
+            .is_some_and(|ttl| ttl.parse::<u64>().is_ok()),
+        "miss" => is_or_extends("phonegate; fwd=uri-miss"),
+        "stale" => is_or_extends("phonegate; hit; fwd=stale"),
+        "bypass" => value == "phonegate; fwd=bypass",
+        _ => false,
+    }
 }
 
 /// A plain HTTP/1.1 client.
@@ -181,19 +311,36 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// Sends `req` and reads the whole response.
 pub async fn send(req: Request<Full<Bytes>>) -> Resp {
-    let response = client().request(req).await.expect("request");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body,
+    Resp::read(client().request(req).await.expect("request")).await
+}
+
+/// A request to `uri` with `Authorization: Bearer {token}` when a token is given, extra headers
+/// and a body.
+pub fn request(
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
     }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(body.into())).expect("request")
+}
+
+/// The request [`get`] sends, to send later, elsewhere or many times over.
+pub fn get_request(proxy: &Proxy, path: &str, token: Option<&str>) -> Request<Full<Bytes>> {
+    request(Method::GET, &proxy.url(path), token, &[], Bytes::new())
 }
 
 /// `GET {proxy}{path}` with `Authorization: Bearer {token}` when a token is given.
 pub async fn get(proxy: &Proxy, path: &str, token: Option<&str>) -> Resp {
-    get_with(proxy, Method::GET, path, token, &[]).await
+    send(get_request(proxy, path, token)).await
 }
 
 /// A request with a method, optional bearer token and extra headers.
@@ -204,14 +351,105 @@ pub async fn get_with(
     token: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Resp {
-    let mut builder = Request::builder().method(method).uri(proxy.url(path));
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
+    send(request(
+        method,
+        &proxy.url(path),
+        token,
+        headers,
+        Bytes::new(),
+    ))
+    .await
+}
+
+/// [`get`], asserting the answer's cache state as [`Resp::assert_cache`] does; the answer.
+///
+/// Not an `async fn`, so that a failure names the caller's line.
+#[track_caller]
+pub fn get_and_assert_cache(
+    proxy: &Proxy,
+    path: &str,
+    token: Option<&str>,
+    expected: &'static str,
+) -> impl Future<Output = Resp> + 'static {
+    let caller = Location::caller();
+    let req = get_request(proxy, path, token);
+    async move {
+        let resp = send(req).await;
+        resp.check_cache(expected, Some(&format_args!("GET at {caller}")));
+        resp
     }
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
+}
+
+/// A JSON write (`content-type: application/json`) with a bearer token.
+pub async fn write(proxy: &Proxy, method: Method, path: &str, token: &str, body: &str) -> Resp {
+    let json = [("content-type", "application/json")];
+    send(request(
+        method,
+        &proxy.url(path),
+        Some(token),
+        &json,
+        body.to_owned(),
+    ))
+    .await
+}
+
+/// Sends every request at once, each on its own task (and connection), and collects the
+/// answers in the order of `requests`.
+pub async fn send_concurrently(
+    requests: impl IntoIterator<Item = Request<Full<Bytes>>>,
+) -> Vec<Resp> {
+    let tasks: Vec<JoinHandle<Resp>> = requests
+        .into_iter()
+        .map(|req| tokio::spawn(send(req)))
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.expect("request task"));
     }
-    send(builder.body(Full::new(Bytes::new())).expect("request")).await
+    answers
+}
+
+/// `n` identical [`get`]s, all in flight at once; the answers in order.
+pub async fn get_concurrently(
+    proxy: &Proxy,
+    path: &str,
+    token: Option<&str>,
+    n: usize,
+) -> Vec<Resp> {
+    send_concurrently((0..n).map(|_| get_request(proxy, path, token))).await
+}
+
+/// A request to the admin listener at `addr` with a method, optional bearer token and body.
+pub async fn admin(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Resp {
+    let uri = format!("http://{addr}{path}");
+    send(request(method, &uri, token, &[], body.to_owned())).await
+}
+
+/// `GET {path}` on the admin listener at `addr`, without a token.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Resp {
+    admin(addr, Method::GET, path, None, "").await
+}
+
+/// `POST /cache/purge` with `body` on `proxy`'s admin listener, without a token.
+pub async fn purge(proxy: &Proxy, body: &str) -> Resp {
+    admin(proxy.admin_addr, Method::POST, "/cache/purge", None, body).await
+}
+
+/// The value of `series` (the name with its labels, exactly as exported) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The value of `series` on the `/metrics` of the admin listener at `addr`.
+pub async fn scrape_metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    metric(&admin_get(addr, "/metrics").await.text(), series)
 }
 
 /// Writes raw bytes to `addr` and reads until the server closes (send `Connection: close`).
@@ -249,6 +487,28 @@ pub fn contains_planted(bytes: &[u8]) -> bool {
         .any(|w| w == mock_vapi::PLANTED.as_bytes())
 }
 
+/// Asserts no header value of `resp` carries a planted secret.
+#[track_caller]
+pub fn assert_headers_clean(resp: &Resp, what: &str) {
+    for (name, value) in &resp.headers {
+        assert!(
+            !contains_planted(value.as_bytes()),
+            "{what}: header {name} leaks a secret: {value:?}"
+        );
+    }
+}
+
+/// Asserts no part of the answer (body or headers) carries a planted secret.
+#[track_caller]
+pub fn assert_no_planted(resp: &Resp, what: &str) {
+    assert!(
+        !contains_planted(&resp.body),
+        "{what}: body leaks a secret: {}",
+        resp.text()
+    );
+    assert_headers_clean(resp, what);
+}
+
 /// Asserts `resp` is one of phonegate's (or the upstream's) NestJS-shaped JSON errors with
 /// `status`; returns its message (an array of messages joined with "; ").
 pub fn assert_json_error(resp: &Resp, status: u16, what: &str) -> String {
@@ -271,11 +531,123 @@ pub fn assert_json_error(resp: &Resp, status: u16, what: &str) -> String {
 
 /// Writes `contents` to a fresh file in the temporary directory (`tag` and `name` make it
 /// recognisable) and returns its path.
-pub fn temp_file(tag: &str, name: &str, contents: &str) -> std::path::PathBuf {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+pub fn temp_file(tag: &str, name: &str, contents: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let path =
         std::env::temp_dir().join(format!("phonegate-{tag}-{}-{n}-{name}", std::process::id()));
     std::fs::write(&path, contents).expect("write temp file");
     path
+}
+
+/// A uniquely named directory in the system temp dir (`tag` makes it recognisable), removed
+/// with its contents when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "phonegate-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` in the directory; returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, written out as PEM files
+/// (`cert.pem`, `key.pem`) in a directory of its own, removed when dropped.
+pub struct TestCert {
+    pub der: CertificateDer<'static>,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub dir: TempDir,
+}
+
+impl TestCert {
+    pub fn new(tag: &str) -> TestCert {
+        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .expect("rcgen");
+        let cert_pem = cert.pem();
+        let key_pem = signing_key.serialize_pem();
+        let dir = TempDir::new(tag);
+        let cert_path = dir.write("cert.pem", &cert_pem);
+        let key_path = dir.write("key.pem", &key_pem);
+        TestCert {
+            der: cert.der().clone(),
+            cert_pem,
+            key_pem,
+            cert_path,
+            key_path,
+            dir,
+        }
+    }
+}
+
+/// A TLS client configuration (ring, safe default versions, no client certificate) that trusts
+/// exactly `cert`.
+pub fn tls_client_config(cert: &CertificateDer<'static>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("trust the test certificate");
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Whether an executable file called `name` is in one of PATH's directories.
+pub fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(name))
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// `n` distinct loopback addresses that were free a moment ago: bound all at once (so none
+/// repeats), then released (a small race with other tests, which callers accept or retry).
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<StdTcpListener> = (0..n)
+        .map(|_| StdTcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound address"))
+        .collect()
+}
+
+/// A loopback address nothing listens on (it was free a moment ago).
+pub fn free_addr() -> SocketAddr {
+    free_addrs(1)[0]
 }

@@ -1,6 +1,7 @@
 //! Real Redis servers for integration tests, started from Debian's `redis-server` package: a
 //! standalone [`RedisServer`] (which a test can kill and restart on the same port, to simulate an
-//! outage) and a [`RedisCluster`] of primaries built with `redis-cli --cluster create`. Every
+//! outage), a [`RedisCluster`] of primaries built with `redis-cli --cluster create`, and a
+//! [`TlsRedisServer`] that speaks only TLS, with a self-signed certificate. Every
 //! process listens on 127.0.0.1 only, on ephemeral ports, persists nothing (`--save ''`,
 //! `--appendonly no`), keeps its files in a private temporary directory, and is SIGKILLed when its
 //! handle is dropped (and by tokio's `kill_on_drop` as a second line), so no server outlives the
@@ -12,16 +13,16 @@
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+use super::{TempDir, TestCert, free_addrs, on_path};
 
 /// How long a freshly spawned server may take to answer `PING`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +38,9 @@ const START_ATTEMPTS: usize = 5;
 /// Bound on one protocol exchange, so a wedged server fails the test instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What every server is started with: loopback only, nothing persisted.
+const LOCAL_AND_EPHEMERAL: [&str; 6] = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+
 const INSTALL_HINT: &str = "redis-server not found on PATH: install Debian's package with \
     `apt-get install redis-server` (or run .ci/run, which installs it)";
 
@@ -48,18 +52,6 @@ pub fn require_redis() {
     for tool in ["redis-server", "redis-cli"] {
         assert!(on_path(tool), "{INSTALL_HINT} (missing: {tool})");
     }
-}
-
-/// Whether an executable file called `name` is in one of PATH's directories.
-fn on_path(name: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path).any(|dir| {
-        std::fs::metadata(dir.join(name))
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    })
 }
 
 /// A standalone Redis server on 127.0.0.1, killed and its directory removed when dropped.
@@ -75,7 +67,7 @@ impl RedisServer {
     /// Panics (with the end of the server's log) if no attempt starts within the timeout.
     pub async fn start() -> RedisServer {
         require_redis();
-        let dir = TempDir::new("standalone");
+        let dir = TempDir::new("redis-standalone");
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let mut node = Node::new(dir.path(), free_port(), None, dir.path().join("redis.log"));
@@ -169,7 +161,7 @@ impl RedisCluster {
             primaries >= 3,
             "a Redis Cluster needs at least 3 primaries (asked for {primaries})"
         );
-        let dir = TempDir::new("cluster");
+        let dir = TempDir::new("redis-cluster");
         let mut cluster = RedisCluster {
             nodes: Vec::with_capacity(primaries),
             dir,
@@ -302,6 +294,60 @@ impl RedisCluster {
     }
 }
 
+/// A `redis-server` speaking only TLS on 127.0.0.1, with a self-signed certificate for
+/// 127.0.0.1 and localhost ([`TestCert`]); killed, and its directory removed, when dropped.
+///
+/// Not waited for: clients that need it (replicas subscribing) retry until it answers.
+pub struct TlsRedisServer {
+    port: u16,
+    child: std::process::Child,
+    cert: TestCert,
+}
+
+impl TlsRedisServer {
+    /// Starts the server on a free port, its files beside the certificate.
+    pub fn start() -> TlsRedisServer {
+        require_redis();
+        let cert = TestCert::new("tls-redis");
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0"])
+            .args(LOCAL_AND_EPHEMERAL)
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&cert.cert_path)
+            .arg("--tls-key-file")
+            .arg(&cert.key_path)
+            .arg("--tls-ca-cert-file")
+            .arg(&cert.cert_path)
+            .arg("--dir")
+            .arg(cert.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server with TLS");
+        TlsRedisServer { port, child, cert }
+    }
+
+    /// `rediss://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificate to trust (`redis.ca_path`).
+    pub fn ca_path(&self) -> &Path {
+        &self.cert.cert_path
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        // Before the fields drop: the process is dead before its directory is removed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One redis-server process and how to (re)start it.
 struct Node {
     port: u16,
@@ -325,27 +371,21 @@ impl Node {
     }
 
     fn args(&self) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &self.dir.to_string_lossy(),
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-            "--logfile",
-            &self.log.to_string_lossy(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["--port", &self.port.to_string()]
+            .into_iter()
+            .chain(LOCAL_AND_EPHEMERAL)
+            .chain([
+                "--dir",
+                &self.dir.to_string_lossy(),
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "no",
+                "--logfile",
+                &self.log.to_string_lossy(),
+            ])
+            .map(|s| s.to_string())
+            .collect();
         if let Some(bus) = self.bus_port {
             let conf = self.dir.join(format!("nodes-{}.conf", self.port));
             args.extend(
@@ -430,35 +470,6 @@ impl Drop for Node {
     }
 }
 
-/// A uniquely named directory under the system temp dir, removed (with its contents) on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(kind: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "phonegate-redis-{kind}-{}-{n}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
     free_port_pairs(1)[0].0
@@ -467,14 +478,10 @@ fn free_port() -> u16 {
 /// `count` pairs of distinct loopback ports, all bound at once so that none repeats, then
 /// released for redis-server to take (a small race with other tests, covered by retries).
 fn free_port_pairs(count: usize) -> Vec<(u16, u16)> {
-    let listeners: Vec<StdTcpListener> = (0..count * 2)
-        .map(|_| StdTcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound address").port())
-        .collect();
-    ports.chunks(2).map(|pair| (pair[0], pair[1])).collect()
+    free_addrs(count * 2)
+        .chunks(2)
+        .map(|pair| (pair[0].port(), pair[1].port()))
+        .collect()
 }
 
 /// The last lines of every log in `dir`, for failure messages.

@@ -48,6 +48,7 @@ pub struct MockBuilder {
     behavior: Behavior,
     valid_tokens: Option<Vec<String>>,
     tls: Option<(Vec<u8>, Vec<u8>)>,
+    client_ca: Option<Vec<u8>>,
     record_limit: usize,
 }
 
@@ -58,6 +59,7 @@ impl Default for MockBuilder {
             behavior: Behavior::Normal,
             valid_tokens: None,
             tls: None,
+            client_ca: None,
             record_limit: 10_000,
         }
     }
@@ -93,6 +95,13 @@ impl MockBuilder {
         self
     }
 
+    /// With [`MockBuilder::tls`]: demand a client certificate issued by this PEM CA (mutual TLS);
+    /// a handshake without one fails.
+    pub fn client_ca(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
+        self.client_ca = Some(ca_pem.as_ref().to_vec());
+        self
+    }
+
     /// How many recent requests [`MockVapi::requests`] keeps (default 10 000; counters are
     /// not limited).
     pub fn record_limit(mut self, limit: usize) -> Self {
@@ -112,7 +121,7 @@ impl MockBuilder {
     /// Binds and starts serving.
     pub async fn try_start(self) -> io::Result<MockVapi> {
         let acceptor = match &self.tls {
-            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            Some((cert, key)) => Some(tls_acceptor(cert, key, self.client_ca.as_deref())?),
             None => None,
         };
         let listener = TcpListener::bind(self.addr).await?;
@@ -138,7 +147,11 @@ impl MockBuilder {
     }
 }
 
-fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<tokio_rustls::TlsAcceptor> {
+fn tls_acceptor(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca: Option<&[u8]>,
+) -> io::Result<tokio_rustls::TlsAcceptor> {
     let invalid = |what: &str, e: &dyn std::fmt::Display| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"))
     };
@@ -152,14 +165,30 @@ fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<tokio_rustls::Tls
         ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid("bad key PEM", &e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| invalid("TLS versions", &e))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| invalid("certificate/key", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS versions", &e))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(pem) {
+                let ca = ca.map_err(|e| invalid("bad client CA PEM", &e))?;
+                roots.add(ca).map_err(|e| invalid("client CA", &e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| invalid("client CA", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("certificate/key", &e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
