@@ -60,10 +60,11 @@ fn run(config_path: Option<&Path>) -> ExitCode {
             Ok(logging) => logging,
             Err(error) => return fail(EXIT_CONFIG, &error),
         };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.startup.server.worker_threads {
+        runtime.worker_threads(workers);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(1, &format!("cannot start the async runtime: {error}")),
     };

@@ -76,6 +76,7 @@ pub struct Metrics {
     coalesced_waits: Counter,
     refusals: Family<ReasonLabel, Counter>,
     stale_served: Family<ReasonLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
     open_connections: Gauge,
     cache_entries: Gauge,
     cache_bytes: Gauge,
@@ -276,6 +277,12 @@ impl Metrics {
             "Stale answers served, by reason",
             stale_served.clone(),
         );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reloads",
+            "SIGHUP reloads of the configuration and the certificates, by result",
+            reloads.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -333,6 +340,7 @@ impl Metrics {
             coalesced_waits,
             refusals,
             stale_served,
+            reloads,
             open_connections,
             cache_entries,
             cache_bytes,
@@ -378,6 +386,11 @@ impl Metrics {
     /// Counts one refusal (`miss_limit`, `cooling_down`, `breaker_open`, `queue_full`, ...).
     pub fn refusal(&self, reason: &'static str) {
         self.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts one reload of the configuration or the certificates (`applied`, `rejected`).
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts one stale answer (`revalidating`, `upstream_5xx`, ...).

@@ -71,12 +71,18 @@ pub fn apply(state: &AppState, new: Config) -> Result<Outcome, String> {
 /// Reads the certificate files again (`tls.*`, `upstream.ca_path`, `upstream.client_*`): new
 /// handshakes use them, established connections keep what they negotiated. A file that cannot
 /// be used is rejected with an error line and every certificate stays as it was.
-pub fn reload_certificates(state: &AppState) {
+/// Returns whether they were usable.
+pub fn reload_certificates(state: &AppState) -> bool {
     match state.certificates.reload() {
-        Ok(files) if files.is_empty() => {}
-        Ok(files) => tracing::info!(settings = ?files, "certificates reloaded"),
+        Ok(files) => {
+            if !files.is_empty() {
+                tracing::info!(settings = ?files, "certificates reloaded");
+            }
+            true
+        }
         Err(error) => {
-            tracing::error!(%error, "certificate reload rejected; keeping the running certificates")
+            tracing::error!(%error, "certificate reload rejected; keeping the running certificates");
+            false
         }
     }
 }
@@ -92,15 +98,23 @@ pub async fn on_sighup(state: Arc<AppState>, path: Option<PathBuf>, log: LogCont
             return;
         };
         while hup.recv().await.is_some() {
-            reload_certificates(&state);
+            let certificates = reload_certificates(&state);
             let config = match Config::load(path.as_deref()) {
                 Ok(config) => config,
                 Err(error) => {
                     tracing::error!(%error, "configuration reload rejected; keeping the running configuration");
+                    state.metrics.reload("rejected");
                     continue;
                 }
             };
-            match apply(&state, config) {
+            let applied = apply(&state, config);
+            let result = if certificates && applied.is_ok() {
+                "applied"
+            } else {
+                "rejected"
+            };
+            state.metrics.reload(result);
+            match applied {
                 Ok(outcome) => {
                     if let Some(level) = &outcome.new_log_level {
                         match log.set_level(level) {

@@ -142,4 +142,5 @@ pub(super) struct RawServer {
     pub(super) max_connections: u64,
     pub(super) request_timeout_ms: u64,
     pub(super) max_request_body_bytes: u64,
+    pub(super) worker_threads: u64,
 }

@@ -112,4 +112,6 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Open client connections at most. Default is 10000.
     pub max_connections: usize,
+    /// Worker threads of the async runtime; `None` (the default) is one per CPU core.
+    pub worker_threads: Option<usize>,
 }

@@ -20,6 +20,9 @@ use crate::redact;
 /// guessable offline.
 const MIN_KEY_SECRET_LEN: usize = 16;
 
+/// More runtime workers than this is a typo, not a tuning.
+const MAX_WORKER_THREADS: u64 = 1024;
+
 /// serde_json refuses documents nested deeper than 128 levels, so a larger limit could never apply.
 const MAX_REDACT_DEPTH: usize = 128;
 
@@ -77,6 +80,17 @@ impl RawServer {
             idle_timeout: positive_ms("server.idle_timeout_ms", self.idle_timeout_ms)?,
             drain_timeout: millis("server.drain_timeout_ms", self.drain_timeout_ms)?,
             max_connections: at_least_one("server.max_connections", self.max_connections)?,
+            worker_threads: match self.worker_threads {
+                0 => None,
+                n @ 1..=MAX_WORKER_THREADS => usize::try_from(n).ok(),
+                n => {
+                    return Err(invalid(
+                        "server.worker_threads",
+                        n,
+                        format!("must be 0 (one per core) or at most {MAX_WORKER_THREADS}"),
+                    ));
+                }
+            },
         };
         let requests = RequestConfig {
             timeout: positive_ms("server.request_timeout_ms", self.request_timeout_ms)?,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID};
+use crate::support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID, VONAGE_ID};
 use crate::support::{
     Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, admin_get, free_addrs, path, request,
     scrape_metric, send,
@@ -105,6 +105,26 @@ impl Running {
 
     fn pid(&self) -> u32 {
         self.child.id().expect("the child is running")
+    }
+
+    /// Sends SIGHUP and waits until `phonegate_reloads_total{result}` shows it was handled.
+    async fn hup_and_wait(&self, result: &str) {
+        let series = format!("phonegate_reloads_total{{result=\"{result}\"}}");
+        let before = scrape_metric(self.admin, &series).await.unwrap_or(0.0);
+        let status = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        while scrape_metric(self.admin, &series).await.unwrap_or(0.0) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "SIGHUP was not handled ({result}) within {PROCESS_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn sigterm(&self) {
@@ -674,33 +694,46 @@ async fn trace_level_operational_logs_stay_json_and_leak_nothing() {
 #[tokio::test]
 async fn refusals_and_stale_answers_are_logged_with_their_reason() {
     let mock = MockVapi::start().await;
+    let file = crate::support::temp_file("binary", "reasons.toml", "[cache]\nttl_secs = 60\n");
+    let file_s = file.to_str().expect("utf-8 temp path").to_owned();
     let proxy = Running::start(
         &mock.url(),
-        &[],
+        &["--config", &file_s],
         &[
             ("PHONEGATE__LIMITS__MISSES_PER_SEC_PER_KEY", "1"),
-            ("PHONEGATE__LIMITS__MISS_BURST", "1"),
+            ("PHONEGATE__LIMITS__MISS_BURST", "2"),
             ("PHONEGATE__UPSTREAM__BREAKER__FAILURES", "1"),
             ("PHONEGATE__UPSTREAM__BREAKER__OPEN_SECS", "30"),
-            ("PHONEGATE__CACHE__TTL_SECS", "1"),
             ("PHONEGATE__CACHE__STALE_WHILE_REVALIDATE_SECS", "0"),
         ],
     )
     .await;
-    let ok = get(&proxy.url(&path(TWILIO_ID)), Some(TOKEN_A), "reason-ok").await;
+    const TOKEN_C: &str = "test-key-carol-0003";
+    let at = |id: &str| proxy.url(&path(id));
+    let ok = get(&at(TWILIO_ID), Some(TOKEN_A), "reason-ok").await;
     assert_eq!(ok.status, StatusCode::OK);
-    let limited = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_A), "reason-limit").await;
-    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
-    // One failure opens the breaker (failures = 1 from the nested environment variable).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    get(&at(VAPI_ID), Some(TOKEN_A), "reason-second").await;
+    let limited = get(&at(VONAGE_ID), Some(TOKEN_A), "reason-limit").await;
+    assert_eq!(
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "burst of 2 spent"
+    );
+    let cached = get(&at(TWILIO_ID), Some(TOKEN_B), "reason-cached").await;
+    assert_eq!(cached.status, StatusCode::OK);
+    // TTL 0 by reload applies to the entries already cached: B's is stale at once, with no
+    // stale-while-revalidate window, so only a failing upstream makes it stand in.
+    std::fs::write(&file, "[cache]\nttl_secs = 0\n").expect("rewrite config");
+    proxy.hup_and_wait("applied").await;
     mock.set_behavior(Behavior::Status(500));
-    let stale = get(&proxy.url(&path(TWILIO_ID)), Some(TOKEN_A), "reason-stale").await;
+    let stale = get(&at(TWILIO_ID), Some(TOKEN_B), "reason-stale").await;
     stale.assert_cache("stale");
-    let open = get(&proxy.url(&path(VAPI_ID)), Some(TOKEN_B), "reason-breaker").await;
+    // That 500 opened the breaker (failures = 1 from the nested environment variable).
+    let open = get(&at(VAPI_ID), Some(TOKEN_C), "reason-breaker").await;
     assert_eq!(open.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         mock.hits(),
-        2,
+        4,
         "the breaker kept the last request away from the upstream"
     );
 
@@ -721,6 +754,7 @@ async fn refusals_and_stale_answers_are_logged_with_their_reason() {
         (Value::from("upstream_5xx"), Value::from("stale"))
     );
     assert_eq!(reason_of("reason-breaker").0, Value::from("breaker_open"));
+    let _ = std::fs::remove_file(&file);
 }
 
 #[tokio::test]
@@ -729,14 +763,6 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
     let file = crate::support::temp_file("binary", "reload.toml", "[cache]\nttl_secs = 60\n");
     let file_s = file.to_str().expect("utf-8 temp path").to_owned();
     let proxy = Running::start(&mock.url(), &["--config", &file_s], &[]).await;
-    let hup = || {
-        let status = std::process::Command::new("kill")
-            .arg("-HUP")
-            .arg(proxy.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    };
 
     // Cached under ttl 60 and the mask policy.
     let twilio = proxy.url(&path(TWILIO_ID));
@@ -748,8 +774,7 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
 
     // ttl 0: new lookups are no longer cached.
     std::fs::write(&file, "[cache]\nttl_secs = 0\n").expect("rewrite config");
-    hup();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.hup_and_wait("applied").await;
     let vapi = proxy.url(&path(VAPI_ID));
     for n in 3..5 {
         let resp = get(&vapi, Some(TOKEN_A), &format!("hup-{n}")).await;
@@ -758,8 +783,7 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
 
     // A bad file is rejected and the running configuration stays (ttl still 0).
     std::fs::write(&file, "[cache]\nttl_secs = \"soon\"\n").expect("rewrite config");
-    hup();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.hup_and_wait("rejected").await;
     let hits_before = mock.hits();
     for n in 5..7 {
         let resp = get(&vapi, Some(TOKEN_A), &format!("hup-{n}")).await;
@@ -774,8 +798,7 @@ async fn sighup_reloads_the_file_and_rejects_a_bad_one() {
         "[cache]\nttl_secs = 60\n[redact]\nmode = \"remove\"\n",
     )
     .expect("rewrite");
-    hup();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.hup_and_wait("applied").await;
     let after = get(&twilio, Some(TOKEN_A), "hup-7").await;
     after.assert_cache_because("miss", "old-policy entry not served");
     assert!(!after.text().contains("[REDACTED]"), "remove mode applies");
@@ -1072,4 +1095,33 @@ async fn every_subcommand_exits_cleanly_on_a_closed_pipe() {
             out.status
         );
     }
+}
+
+/// Threads of process `pid` named as tokio names its runtime workers.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn server_worker_threads_sets_the_runtime_workers() {
+    let mock = MockVapi::start().await;
+    for workers in [1, 3] {
+        let proxy = Running::start(
+            &mock.url(),
+            &[],
+            &[("PHONEGATE__SERVER__WORKER_THREADS", &workers.to_string())],
+        )
+        .await;
+        two_gets(&proxy, &format!("workers-{workers}"), ["miss", "hit"]).await;
+        assert_eq!(runtime_workers(proxy.pid()), workers);
+        stop_cleanly(proxy).await;
+        mock.reset_hits();
+    }
+    let (_, stderr) = start_failure(&[], &[("PHONEGATE__SERVER__WORKER_THREADS", "5000")]).await;
+    assert!(stderr.contains("server.worker_threads"), "{stderr}");
 }
