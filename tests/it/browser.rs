@@ -27,7 +27,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::support::mock_vapi::{FIXTURE_IDS, TWILIO_ID};
-use crate::support::{MockVapi, Proxy, contains_planted};
+use crate::support::{
+    ManagedClient, MockVapi, Proxy, TempDir, contains_planted, cors_toml, find_on_path, free_addr,
+    managed_toml, repo_root,
+};
 
 /// phonegate's own upstream key; the mock accepts no other, and no browser may ever see it.
 const UPSTREAM_KEY: &str = "sk-upstream-browser-SECRET-7731";
@@ -47,7 +50,7 @@ const INSTALL_HINT: &str = "install Debian's packages: `apt-get install chromium
 // ---- the page's files and its static server ----
 
 fn frontend_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/frontend")
+    repo_root().join("examples/frontend")
 }
 
 /// `target/browser-artifacts/` (beside `target/tmp/`, so it follows `CARGO_TARGET_DIR`).
@@ -136,63 +139,38 @@ fn static_file(dir: &Path, method: &Method, path: &str) -> Response<Full<Bytes>>
 
 // ---- phonegate ----
 
-/// Managed mode, two clients, CORS for `page_origin` only. Built whole rather than through
-/// `Proxy::start`, whose section merging would fold the two `[[auth.clients]]` tables into one.
-fn managed_config(upstream_url: &str, page_origin: &str) -> Config {
-    let toml = format!(
-        r#"listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[upstream]
-url = "{upstream_url}"
-timeout_ms = 5000
-api_key = "{UPSTREAM_KEY}"
-
-[cache]
-# Long enough that nothing expires while a slow machine runs the test.
-ttl_secs = 300
-list_ttl_secs = 300
-
-[auth]
-mode = "managed"
-
-[[auth.clients]]
-name = "browser-reader"
-token_sha256 = "{reader}"
-scopes = ["read"]
-
-[[auth.clients]]
-name = "browser-writer"
-token_sha256 = "{writer}"
-scopes = ["read", "write"]
-
-[cors]
-allowed_origins = ["{page_origin}"]
-"#,
-        reader = token_sha256_hex(READER),
-        writer = token_sha256_hex(WRITER),
+/// Managed mode, a reader and a writer client, CORS for `page_origin` only.
+async fn managed_proxy(upstream_url: &str, page_origin: &str) -> Proxy {
+    let clients = [
+        ManagedClient {
+            name: "browser-reader",
+            token: READER,
+            scopes: &["read"],
+        },
+        ManagedClient {
+            name: "browser-writer",
+            token: WRITER,
+            scopes: &["read", "write"],
+        },
+    ];
+    // Cache TTLs long enough that nothing expires while a slow machine runs the test.
+    let settings = format!(
+        "{}[upstream]\ntimeout_ms = 5000\n[cache]\nttl_secs = 300\nlist_ttl_secs = 300\n{}",
+        managed_toml(UPSTREAM_KEY, &clients),
+        cors_toml(&[page_origin]),
     );
-    Config::from_toml(&toml).expect("browser test config is valid")
+    Proxy::start(upstream_url, &settings).await
 }
 
 // ---- chromedriver and Chromium ----
-
-/// The first `name` on PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
 
 /// chromedriver, started in a process group of its own so that the browsers it starts (same
 /// group) go with it: the group is killed on drop, whether the test passed or not.
 struct ChromeDriver {
     child: Child,
     port: u16,
-    user_data_dir: PathBuf,
+    /// Chromium's profile, removed after chromedriver and its browsers are gone.
+    user_data_dir: TempDir,
 }
 
 impl ChromeDriver {
@@ -201,10 +179,7 @@ impl ChromeDriver {
         for _attempt in 0..5 {
             // chromedriver cannot pick its own port: take a free one and hand it over. Another
             // process may grab it in between, hence the retries.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = free_addr().port();
             use std::os::unix::process::CommandExt;
             let child = Command::new(binary)
                 .arg(format!("--port={port}"))
@@ -218,7 +193,7 @@ impl ChromeDriver {
             let mut driver = ChromeDriver {
                 child,
                 port,
-                user_data_dir: unique_temp_dir("chromium-profile"),
+                user_data_dir: TempDir::new("chromium-profile"),
             };
             match driver.wait_ready().await {
                 Ok(()) => return driver,
@@ -261,7 +236,6 @@ impl ChromeDriver {
 
     /// A new headless Chromium session, with network ("performance") and console logging on.
     async fn session(&self, chromium: &Path) -> Client {
-        std::fs::create_dir_all(&self.user_data_dir).expect("create the profile directory");
         let capabilities = json!({
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
@@ -277,7 +251,7 @@ impl ChromeDriver {
                     "--disable-extensions",
                     "--no-first-run",
                     "--window-size=1280,1200",
-                    format!("--user-data-dir={}", self.user_data_dir.display()),
+                    format!("--user-data-dir={}", self.user_data_dir.path().display()),
                 ],
                 "perfLoggingPrefs": { "enableNetwork": true, "enablePage": false },
             },
@@ -336,15 +310,7 @@ impl Drop for ChromeDriver {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.user_data_dir);
     }
-}
-
-fn unique_temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    std::env::temp_dir().join(format!("phonegate-{tag}-{}-{nanos}", std::process::id()))
 }
 
 /// One JSON exchange with chromedriver's HTTP API, besides fantoccini's (for its log and
@@ -632,9 +598,9 @@ fn header<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_frontend_works_in_headless_chromium() {
     let started = Instant::now();
-    let chromium =
-        on_path("chromium").unwrap_or_else(|| panic!("`chromium` is not on PATH; {INSTALL_HINT}"));
-    let chromedriver = on_path("chromedriver")
+    let chromium = find_on_path("chromium")
+        .unwrap_or_else(|| panic!("`chromium` is not on PATH; {INSTALL_HINT}"));
+    let chromedriver = find_on_path("chromedriver")
         .unwrap_or_else(|| panic!("`chromedriver` is not on PATH; {INSTALL_HINT}"));
 
     let mock = MockVapi::builder()
@@ -643,7 +609,7 @@ async fn the_example_frontend_works_in_headless_chromium() {
         .await;
     let site = StaticSite::serve(frontend_dir()).await;
     let elsewhere = StaticSite::serve(frontend_dir()).await;
-    let proxy = Proxy::start_with(managed_config(&mock.url(), &site.origin())).await;
+    let proxy = managed_proxy(&mock.url(), &site.origin()).await;
     let api = format!("http://{}", proxy.addr);
     let twilio = MockVapi::fixture_by_id(TWILIO_ID).expect("the twilio fixture");
     let twilio_name = twilio["name"].as_str().expect("a name").to_owned();

@@ -3,7 +3,6 @@
 //! new handshakes use the new files, established connections go on, and a bad file changes
 //! nothing. Certificates are made in the test with rcgen, under a test CA.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::support::mock_vapi::TWILIO_ID;
-use crate::support::{MockVapi, Proxy, TOKEN_A, TempDir, get, path};
+use crate::support::{MockVapi, Proxy, TOKEN_A, TempDir, get, path, tls_client_config, toml_path};
 
 /// A test certificate authority.
 struct Ca {
@@ -81,10 +80,6 @@ impl Ca {
     }
 }
 
-fn toml_path(path: &Path) -> String {
-    format!("{:?}", path.to_str().expect("utf-8 temp path"))
-}
-
 /// Opens a TLS connection to `addr` trusting `ca`, and an HTTP/1.1 connection over it. Returns
 /// the certificate the server presented and a sender for requests on that connection.
 async fn connect(
@@ -94,17 +89,7 @@ async fn connect(
     CertificateDer<'static>,
     hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
 ) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ca.issuer.der().clone())
-        .expect("trust the test CA");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = tls_client_config(ca.issuer.der());
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let tls: TlsStream<TcpStream> = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)

@@ -18,10 +18,8 @@
 //! are only validated).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +29,8 @@ use phonegate::config::Config;
 use phonegate::state::AppState;
 use serde::Deserialize;
 use serde_norway::Value;
+
+use crate::support::{free_addr, read_repo_file, repo_root, temp_file};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phonegate");
 
@@ -87,20 +87,12 @@ fn companions(name: &str) -> Env {
 
 // ---- files, configurations and the binary ----
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: cannot read: {e}"))
-}
-
 /// The entries of `dir` (with `deep`, the files below it), sorted, as paths from the repository root.
 fn files(dir: &str, deep: bool) -> Vec<String> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(root().join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+    for entry in std::fs::read_dir(repo_root().join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")) {
         let rel = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
-        match deep && root().join(&rel).is_dir() {
+        match deep && repo_root().join(&rel).is_dir() {
             true => out.extend(files(&rel, true)),
             false => out.push(rel),
         }
@@ -109,19 +101,9 @@ fn files(dir: &str, deep: bool) -> Vec<String> {
     out
 }
 
-/// A unique temp file holding `contents`.
-fn temp_file(contents: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let name = format!("phonegate-deploy-{}-{n}.toml", std::process::id());
-    let path = std::env::temp_dir().join(name);
-    std::fs::write(&path, contents).expect("write temp file");
-    path
-}
-
 /// Loads `toml` (as a file layer) with exactly `env` as the environment; `what` names the source.
 fn load(what: &str, toml: &str, env: &Env) -> Config {
-    let path = temp_file(toml);
+    let path = temp_file("deploy", "config.toml", toml);
     let result = Config::load_with_env(Some(&path), Some(env.clone()));
     std::fs::remove_file(&path).ok();
     result.unwrap_or_else(|e| panic!("{what}: phonegate refuses this configuration: {e}"))
@@ -145,7 +127,7 @@ fn run(args: &[&str], env: &Env, toml: Option<&str>) -> Output {
         }
     }
     cmd.args(args).envs(env).stdin(Stdio::null());
-    let file = toml.map(temp_file);
+    let file = toml.map(|toml| temp_file("deploy", "config.toml", toml));
     if let Some(file) = &file {
         cmd.env("PHONEGATE_CONFIG", file);
     }
@@ -179,7 +161,7 @@ fn doc(file: &str, v: &Value) -> Doc {
 
 /// The documents of the YAML file `file` (empty ones skipped).
 fn docs(file: &str) -> Vec<Doc> {
-    let text = read(file);
+    let text = read_repo_file(file);
     let mut docs = Vec::new();
     for de in serde_norway::Deserializer::from_str(&text) {
         let v = Value::deserialize(de).unwrap_or_else(|e| panic!("{file}: invalid YAML: {e}"));
@@ -327,7 +309,7 @@ fn secret(file: &str) -> (String, BTreeMap<String, String>) {
 
 /// Keys shown commented out in a Secret template (`# key: value`): documented optional keys.
 fn commented_secret_keys(file: &str) -> BTreeSet<String> {
-    let text = read(file);
+    let text = read_repo_file(file);
     let comments = text.lines().filter_map(|l| l.trim().strip_prefix('#'));
     let pairs = comments.filter_map(|l| l.trim().split_once(": "));
     let keys = pairs.filter(|(key, value)| {
@@ -479,13 +461,13 @@ fn kustomize(dir: &str) -> Vec<Doc> {
     for r in k.list("resources") {
         let path = normalize(&format!("{dir}/{}", r.typed("", Value::as_str, "a path")));
         let inside = path.starts_with(&format!("{dir}/"));
-        if !root().join(&path).is_dir() {
+        if !repo_root().join(&path).is_dir() {
             // kustomize refuses files outside the kustomization's directory by default.
             assert!(inside, "{kfile}: resource {path} is outside {dir}");
             objects.extend(docs(&path));
             continue;
         }
-        let kustomization = root().join(&path).join("kustomization.yaml");
+        let kustomization = repo_root().join(&path).join("kustomization.yaml");
         assert!(
             kustomization.is_file(),
             "{kfile}: {path} has no kustomization.yaml"
@@ -634,7 +616,7 @@ struct Instruction {
 /// The Dockerfile's instructions (comment lines dropped, line continuations joined), and the
 /// number of its last stage, the runtime image.
 fn dockerfile() -> (Vec<Instruction>, usize) {
-    let text = read(DOCKERFILE);
+    let text = read_repo_file(DOCKERFILE);
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -731,7 +713,7 @@ fn docker_copies() -> Vec<Copy> {
 /// The values of the unit's `key=` directives (comments and section headers skipped), in order.
 fn unit_values(key: &str) -> Vec<String> {
     let mut values = Vec::new();
-    for line in read(UNIT).lines().map(str::trim) {
+    for line in read_repo_file(UNIT).lines().map(str::trim) {
         if line.is_empty() || line.starts_with(['#', ';', '[']) {
             continue;
         }
@@ -759,7 +741,11 @@ fn unit_value(key: &str) -> String {
 /// (`# PHONEGATE__...=value`).
 fn env_file(file: &str, examples: bool) -> Env {
     let mut env = Env::new();
-    for line in read(file).lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for line in read_repo_file(file)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
         let (k, v) = match line.strip_prefix('#').map(str::trim) {
             None => line
                 .split_once('=')
@@ -780,7 +766,7 @@ fn toml_path_mention(file: &str, key: &str) -> String {
     let toml = if file == CONFIGMAP {
         configmap_toml()
     } else {
-        read(file)
+        read_repo_file(file)
     };
     let lines = toml
         .lines()
@@ -893,7 +879,7 @@ fn every_phonegate_name_under_deploy_is_a_setting_the_binary_accepts() {
     }
     let mut checked = 0;
     for file in files("deploy", true) {
-        let text = read(&file);
+        let text = read_repo_file(&file);
         let mut mentioned = Env::new();
         for (pos, _) in text.match_indices("PHONEGATE__") {
             let tail = &text[pos..];
@@ -952,7 +938,7 @@ fn each_structured_environment_is_accepted_whole() {
 #[test]
 fn phonegate_config_is_the_variable_the_binary_reads() {
     assert!(
-        read("src/main.rs").contains("env = \"PHONEGATE_CONFIG\""),
+        read_repo_file("src/main.rs").contains("env = \"PHONEGATE_CONFIG\""),
         "src/main.rs no longer reads PHONEGATE_CONFIG, which {DOCKERFILE} and {DEPLOYMENT} set"
     );
     // The container starts with no arguments: PHONEGATE_CONFIG is how it finds the ConfigMap's
@@ -984,11 +970,11 @@ fn the_configmap_and_the_example_files_are_valid_configurations() {
         matches!(cm.live.auth, phonegate::config::AuthConfig::Passthrough),
         "{CONFIGMAP}: should default to passthrough mode (managed needs a key file and clients)"
     );
-    load(SYSTEMD_TOML, &read(SYSTEMD_TOML), &Env::new());
+    load(SYSTEMD_TOML, &read_repo_file(SYSTEMD_TOML), &Env::new());
     // The image's baked file layer is the defaults file.
     load(
         "config/default.toml",
-        &read("config/default.toml"),
+        &read_repo_file("config/default.toml"),
         &Env::new(),
     );
 }
@@ -1041,7 +1027,7 @@ fn exposed_ports() -> BTreeSet<u16> {
 #[test]
 fn the_image_listens_on_all_interfaces_on_its_exposed_ports() {
     let what = format!("config/default.toml with the ENV of {DOCKERFILE}");
-    let cfg = load(&what, &read("config/default.toml"), &docker_env()).startup;
+    let cfg = load(&what, &read_repo_file("config/default.toml"), &docker_env()).startup;
     let exposed = exposed_ports();
     for (what, addr) in [("listen", cfg.listen), ("admin.listen", cfg.admin_listen)] {
         assert!(
@@ -1250,7 +1236,7 @@ fn each_kustomization_lists_every_manifest_but_its_secret_template() {
                 entry.typed("", Value::as_str, "a path")
             ));
             assert!(
-                root().join(&path).exists(),
+                repo_root().join(&path).exists(),
                 "{kfile}: lists {path}, which does not exist"
             );
             listed.insert(path);
@@ -1549,7 +1535,7 @@ fn the_dockerfile_points_phonegate_config_at_its_copy_of_a_repository_file() {
     let copy = copy.unwrap_or_else(|| panic!("{DOCKERFILE}: no COPY puts a file at {path}"));
     let source = copy.source;
     assert!(
-        root().join(&source).is_file(),
+        repo_root().join(&source).is_file(),
         "{DOCKERFILE}: copies {source}, which is missing"
     );
 }
@@ -1583,15 +1569,15 @@ fn the_dockerfile_copies_everything_the_release_build_reads() {
         .collect();
     for source in &copied {
         assert!(
-            root().join(source).exists(),
+            repo_root().join(source).exists(),
             "{DOCKERFILE}: COPY {source}, which is missing"
         );
     }
     // Cargo.toml and its lock; the targets Cargo.toml declares, which must exist whenever cargo
     // reads it, even for a build of the binary alone; a build script.
     let mut needed = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
-    needed.extend(cargo_declared_files(&read("Cargo.toml")));
-    if root().join("build.rs").exists() {
+    needed.extend(cargo_declared_files(&read_repo_file("Cargo.toml")));
+    if repo_root().join("build.rs").exists() {
         needed.push("build.rs".to_owned());
     }
     // Files pulled into non-test code with include_str!/include_bytes!: a test module is assumed
@@ -1600,7 +1586,7 @@ fn the_dockerfile_copies_everything_the_release_build_reads() {
         .into_iter()
         .filter(|f| f.ends_with(".rs"))
     {
-        let text = read(&file);
+        let text = read_repo_file(&file);
         let live = text.split("#[cfg(test)]").next().unwrap_or_default();
         for mac in ["include_str!(\"", "include_bytes!(\""] {
             let args = live
@@ -1644,7 +1630,10 @@ fn cargo_declared_files_reads_target_tables() {
 // ---- tests: the systemd unit and its files ----
 
 fn systemd_toml() -> String {
-    root().join(SYSTEMD_TOML).to_string_lossy().into_owned()
+    repo_root()
+        .join(SYSTEMD_TOML)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -1711,7 +1700,7 @@ fn the_systemd_unit_does_not_restart_on_bad_configuration() {
 fn the_systemd_stop_timeout_covers_the_drain_on_sigterm() {
     let cfg = load(
         SYSTEMD_TOML,
-        &read(SYSTEMD_TOML),
+        &read_repo_file(SYSTEMD_TOML),
         &env_file(SYSTEMD_ENV, false),
     );
     let drain = cfg.startup.server.drain_timeout;
@@ -1751,7 +1740,7 @@ fn the_systemd_unit_is_sandboxed_and_reads_its_environment_file() {
 #[test]
 fn systemd_credential_and_api_key_file_agree() {
     // LoadCredential=NAME:SOURCE, active or commented out (managed mode only).
-    let unit = read(UNIT);
+    let unit = read_repo_file(UNIT);
     let mut lines = unit
         .lines()
         .map(|l| l.trim().trim_start_matches('#').trim());
@@ -1767,7 +1756,7 @@ fn systemd_credential_and_api_key_file_agree() {
 
 #[test]
 fn the_commented_redis_examples_of_the_systemd_files_are_valid_defaults() {
-    let toml = read(SYSTEMD_TOML);
+    let toml = read_repo_file(SYSTEMD_TOML);
     let lines: Vec<&str> = toml.lines().map(str::trim).collect();
     let start = lines
         .iter()
@@ -1809,7 +1798,7 @@ fn the_commented_redis_examples_of_the_systemd_files_are_valid_defaults() {
         "{what}: its values are not the defaults it says they are"
     );
     // And the real binary, as the unit runs it.
-    let file = temp_file(&uncommented);
+    let file = temp_file("deploy", "config.toml", &uncommented);
     let out = run(
         &["--config", &file.to_string_lossy(), "check-config"],
         &env,
@@ -2186,9 +2175,7 @@ fn the_overlay_phonegate_pods_get_no_service_links() {
 async fn overlay_pods_stay_ready_and_live_while_redis_is_unreachable() {
     let d = overlay_phonegate();
     // A loopback port nobody listens on: the Redis Deployment not up yet, or down.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let closed = listener.local_addr().expect("its address").port();
-    drop(listener);
+    let closed = free_addr().port();
     let mut env = overlay_env(UNSET);
     let url = format!("redis://:{PLACEHOLDER}@127.0.0.1:{closed}/0");
     env.insert("PHONEGATE__REDIS__URL".into(), url);

@@ -3,8 +3,8 @@
 
 use crate::support::mock_vapi::{TWILIO_ID, VAPI_ID, VONAGE_ID};
 use crate::support::{
-    Behavior, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, get, get_with, path, request,
-    send, write,
+    Behavior, ManagedClient, MockVapi, Proxy, Resp, TOKEN_A, assert_json_error, cors_toml, get,
+    get_with, managed_toml, path, request, send, write,
 };
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -19,51 +19,28 @@ const READER: &str = "reader-token-0001";
 const WRITER: &str = "writer-token-0002";
 
 const ORIGIN: &str = "https://app.example.com";
-const CORS: &str = "[cors]\nallowed_origins = [\"https://app.example.com\"]\n";
-
-/// A complete managed-mode configuration in front of `upstream_url`. Built by hand rather than
-/// through `Proxy::start`, whose section merging would fold the two `[[auth.clients]]` tables
-/// into one. `extra` holds further sections (never `[upstream]` or `[auth]`).
-fn managed_config(upstream_url: &str, extra: &str) -> Config {
-    let toml = format!(
-        r#"listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[upstream]
-url = "{upstream_url}"
-timeout_ms = 2000
-api_key = "{UPSTREAM_KEY}"
-
-[auth]
-mode = "managed"
-
-[[auth.clients]]
-name = "reader"
-token_sha256 = "{reader}"
-scopes = ["read"]
-
-[[auth.clients]]
-name = "writer"
-token_sha256 = "{writer}"
-scopes = ["read", "write"]
-
-{extra}"#,
-        reader = token_sha256_hex(READER),
-        writer = token_sha256_hex(WRITER),
-    );
-    Config::from_toml(&toml).expect("managed test config is valid")
-}
 
 /// A mock that only accepts phonegate's upstream key (a leaked client token would get a 401),
-/// and a managed proxy in front of it.
+/// and a managed proxy in front of it with a reader and a writer client and `extra` settings.
 async fn managed(extra: &str) -> (MockVapi, Proxy) {
     let mock = MockVapi::builder()
         .valid_tokens([UPSTREAM_KEY])
         .start()
         .await;
-    let proxy = Proxy::start_with(managed_config(&mock.url(), extra)).await;
+    let clients = [
+        ManagedClient {
+            name: "reader",
+            token: READER,
+            scopes: &["read"],
+        },
+        ManagedClient {
+            name: "writer",
+            token: WRITER,
+            scopes: &["read", "write"],
+        },
+    ];
+    let settings = managed_toml(UPSTREAM_KEY, &clients) + extra;
+    let proxy = Proxy::start(&mock.url(), &settings).await;
     (mock, proxy)
 }
 
@@ -498,7 +475,7 @@ fn managed_mode_needs_an_upstream_key() {
 #[tokio::test]
 async fn an_allowed_preflight_is_answered_without_credentials_or_upstream() {
     let mock = MockVapi::start().await;
-    let proxy = Proxy::start(&mock.url(), CORS).await;
+    let proxy = Proxy::start(&mock.url(), &cors_toml(&[ORIGIN])).await;
     for (target, method) in [
         (path(TWILIO_ID), "GET"),
         (path(TWILIO_ID), "PATCH"),
@@ -533,7 +510,7 @@ async fn an_allowed_preflight_is_answered_without_credentials_or_upstream() {
 
 #[tokio::test]
 async fn preflights_need_no_token_in_managed_mode_either() {
-    let (mock, proxy) = managed(CORS).await;
+    let (mock, proxy) = managed(&cors_toml(&[ORIGIN])).await;
     let resp = preflight(&proxy, &path(TWILIO_ID), None, ORIGIN, "GET").await;
     assert!(resp.status.is_success(), "{}", resp.status);
     assert_eq!(resp.header("access-control-allow-origin"), Some(ORIGIN));
@@ -553,7 +530,7 @@ async fn preflights_need_no_token_in_managed_mode_either() {
 #[tokio::test]
 async fn a_preflight_from_an_unlisted_origin_is_refused() {
     let mock = MockVapi::start().await;
-    let proxy = Proxy::start(&mock.url(), CORS).await;
+    let proxy = Proxy::start(&mock.url(), &cors_toml(&[ORIGIN])).await;
     for origin in [
         "https://evil.example",
         "http://app.example.com",
@@ -583,7 +560,7 @@ async fn a_preflight_from_an_unlisted_origin_is_refused() {
 #[tokio::test]
 async fn answers_to_the_allowed_origin_are_readable() {
     let mock = MockVapi::start().await;
-    let proxy = Proxy::start(&mock.url(), CORS).await;
+    let proxy = Proxy::start(&mock.url(), &cors_toml(&[ORIGIN])).await;
     for expect in ["miss", "hit"] {
         let resp = get_with(
             &proxy,
@@ -628,7 +605,7 @@ async fn answers_to_the_allowed_origin_are_readable() {
 #[tokio::test]
 async fn answers_to_other_origins_carry_no_allow_origin() {
     let mock = MockVapi::start().await;
-    let proxy = Proxy::start(&mock.url(), CORS).await;
+    let proxy = Proxy::start(&mock.url(), &cors_toml(&[ORIGIN])).await;
     for origin in ["https://evil.example", "http://app.example.com", "null"] {
         let resp = get_with(
             &proxy,

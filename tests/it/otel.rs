@@ -15,13 +15,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
 use tokio::net::TcpListener;
 
 use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VAPI_ID};
-use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, get_with, path};
+use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, get_with, path, write};
 
 /// A caller's trace: trace id and parent span id, as in its `traceparent`.
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -78,22 +78,24 @@ impl Receiver {
         self.bodies.lock().unwrap().clone()
     }
 
-    /// Every span exported so far, decoded.
-    fn spans(&self) -> Vec<Span> {
+    /// The resource spans of every export so far, decoded.
+    fn resource_spans(&self) -> impl Iterator<Item = ResourceSpans> {
         self.raw()
-            .iter()
+            .into_iter()
             .map(|body| ExportTraceServiceRequest::decode(body.as_ref()).expect("OTLP protobuf"))
             .flat_map(|export| export.resource_spans)
+    }
+
+    /// Every span exported so far, decoded.
+    fn spans(&self) -> Vec<Span> {
+        self.resource_spans()
             .flat_map(|rs| rs.scope_spans)
             .flat_map(|ss| ss.spans)
             .collect()
     }
 
     fn service_names(&self) -> Vec<String> {
-        self.raw()
-            .iter()
-            .map(|body| ExportTraceServiceRequest::decode(body.as_ref()).expect("OTLP protobuf"))
-            .flat_map(|export| export.resource_spans)
+        self.resource_spans()
             .filter_map(|rs| rs.resource)
             .flat_map(|r| r.attributes)
             .filter(|kv| kv.key == "service.name")
@@ -172,7 +174,7 @@ async fn a_request_is_a_server_span_following_the_callers_trace_with_an_upstream
     .await;
     assert_eq!(miss.status, StatusCode::OK);
     let hit = get_with(&proxy, Method::GET, &path(TWILIO_ID), Some(TOKEN_A), &[]).await;
-    assert_eq!(hit.header("x-cache"), Some("hit"));
+    hit.assert_cache("hit");
 
     // The upstream request carried our upstream span's context: same trace, its own span id,
     // the caller's tracestate.
@@ -307,16 +309,8 @@ async fn no_secret_credential_or_query_string_is_ever_exported() {
         let resp = get_with(&proxy, Method::GET, &target, Some(TOKEN_A), &[]).await;
         assert_eq!(resp.status, StatusCode::OK, "{target}");
     }
-    let write = Request::builder()
-        .method(Method::PATCH)
-        .uri(proxy.url(&path(TWILIO_ID)))
-        .header("authorization", format!("Bearer {TOKEN_A}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(format!(
-            "{{\"name\":\"x\",\"twilioAuthToken\":\"{PLANTED}-write\"}}"
-        ))))
-        .unwrap();
-    let written = crate::support::send(write).await;
+    let body = format!("{{\"name\":\"x\",\"twilioAuthToken\":\"{PLANTED}-write\"}}");
+    let written = write(&proxy, Method::PATCH, &path(TWILIO_ID), TOKEN_A, &body).await;
     assert_eq!(written.status, StatusCode::OK);
     mock.set_behavior(Behavior::Status(500));
     let failed = get_with(

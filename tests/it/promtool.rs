@@ -18,20 +18,19 @@
 //! each test; phonegate, its mock upstream and the Redis it cannot reach are all on loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::support::mock_vapi::{INVALID_TOKEN, TWILIO_ID, VONAGE_ID};
-use crate::support::{Behavior, MockVapi, Proxy, TOKEN_A, get, path};
+use crate::support::{
+    Behavior, MockVapi, Proxy, TOKEN_A, TempDir, admin_get, free_addr, get, on_path, path,
+    read_repo_file, repo_root,
+};
 
 const DASHBOARD: &str = "deploy/grafana/phonegate.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yaml";
@@ -164,7 +163,8 @@ async fn live_metrics_pass_promtool_check_metrics() {
 
 #[tokio::test]
 async fn dashboard_queries_parse_and_name_only_exposed_metrics() {
-    let dashboard: Value = serde_json::from_str(&read(DASHBOARD)).expect("dashboard is JSON");
+    let dashboard: Value =
+        serde_json::from_str(&read_repo_file(DASHBOARD)).expect("dashboard is JSON");
     check_dashboard_shape(&dashboard);
     let vars = dashboard_variables(&dashboard);
     let queries = dashboard_queries(&dashboard, &vars);
@@ -183,9 +183,17 @@ async fn dashboard_queries_parse_and_name_only_exposed_metrics() {
             serde_json::to_string(&query.expr).expect("a JSON string is a YAML scalar")
         ));
     }
-    let dir = TempDir::new();
+    let dir = TempDir::new("promtool");
     let file = dir.write("dashboard-rules.yaml", &rules);
-    let out = promtool(&["check", "rules", path_str(&file)], None).await;
+    let out = promtool(
+        &[
+            "check",
+            "rules",
+            file.to_str().expect("temp paths are UTF-8"),
+        ],
+        None,
+    )
+    .await;
     let legend: Vec<String> = queries
         .iter()
         .map(|q| format!("{} = {}: {}", q.record, q.origin, q.expr))
@@ -264,7 +272,7 @@ async fn promtool(args: &[&str], stdin: Option<&[u8]>) -> PromtoolOutput {
     assert!(on_path("promtool"), "{INSTALL_HINT}");
     let mut child = Command::new("promtool")
         .args(args)
-        .current_dir(root())
+        .current_dir(repo_root())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -299,60 +307,11 @@ async fn promtool(args: &[&str], stdin: Option<&[u8]>) -> PromtoolOutput {
     }
 }
 
-/// Whether an executable file called `name` is in one of PATH's directories.
-fn on_path(name: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(paths) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&paths).any(|dir| {
-        std::fs::metadata(dir.join(name))
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    })
-}
-
-/// A private temporary directory, removed with everything in it when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("phonegate-promtool-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let file = self.0.join(name);
-        std::fs::write(&file, contents).expect("write temp file");
-        file
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
-
 // ---- files ----
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(file: &str) -> String {
-    std::fs::read_to_string(root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
 fn yaml(file: &str) -> Value {
-    serde_norway::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: not YAML: {e}"))
+    serde_norway::from_str(&read_repo_file(file))
+        .unwrap_or_else(|e| panic!("{file}: not YAML: {e}"))
 }
 
 /// Every alerting rule of alerts.yaml, in order.
@@ -560,11 +519,7 @@ fn substitute(expr: &str, vars: &BTreeMap<String, String>, origin: &str) -> Stri
 /// lookups counted as `untrusted`).
 async fn live_scrape() -> String {
     let mock = MockVapi::start().await;
-    let dead_redis = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let dead_redis = free_addr().port();
     let proxy = Proxy::start(
         &mock.url(),
         &format!(
@@ -575,16 +530,12 @@ async fn live_scrape() -> String {
     .await;
     let twilio = path(TWILIO_ID);
     let first = get(&proxy, &twilio, Some(TOKEN_A)).await;
-    assert_eq!(
-        (first.status, first.header("x-cache")),
-        (StatusCode::OK, Some("miss"))
-    );
+    assert_eq!(first.status, StatusCode::OK);
+    first.assert_cache("miss");
     for _ in 0..2 {
         let hit = get(&proxy, &twilio, Some(TOKEN_A)).await;
-        assert_eq!(
-            (hit.status, hit.header("x-cache")),
-            (StatusCode::OK, Some("hit"))
-        );
+        assert_eq!(hit.status, StatusCode::OK);
+        hit.assert_cache("hit");
     }
     let missing = path("00000000-0000-4000-8000-000000000000");
     assert_eq!(
@@ -600,10 +551,8 @@ async fn live_scrape() -> String {
     mock.set_behavior(Behavior::Garbage);
     proxy.state.clock.advance(Duration::from_secs(65));
     let stale = get(&proxy, &twilio, Some(TOKEN_A)).await;
-    assert_eq!(
-        (stale.status, stale.header("x-cache")),
-        (StatusCode::OK, Some("stale"))
-    );
+    assert_eq!(stale.status, StatusCode::OK);
+    stale.assert_cache("stale");
 
     let wanted = [
         "phonegate_refusals_total{",
@@ -630,12 +579,7 @@ async fn live_scrape() -> String {
 }
 
 async fn scrape(proxy: &Proxy) -> String {
-    let resp = crate::support::send(
-        Request::get(format!("http://{}/metrics", proxy.admin_addr))
-            .body(Full::new(Bytes::new()))
-            .expect("request"),
-    )
-    .await;
+    let resp = admin_get(proxy.admin_addr, "/metrics").await;
     assert_eq!(resp.status, StatusCode::OK, "/metrics: {}", resp.text());
     resp.text()
 }

@@ -390,6 +390,79 @@ async fn the_miss_budget_and_a_429_cool_down_hold_across_replicas() {
 }
 
 #[tokio::test]
+async fn the_ratelimit_header_reports_a_request_budget_shared_across_replicas() {
+    const REQUEST_LIMIT_REFUSALS: &str = "phonegate_refusals_total{reason=\"request_limit\"}";
+    let redis = RedisServer::start().await;
+    let mock = MockVapi::start().await;
+    // Four requests, refilled at one a second; the miss budget is off, so the header names the
+    // request budget alone.
+    let proxies = replicas(
+        2,
+        &mock.url(),
+        &redis.url(),
+        false,
+        "[limits]\nrequests_per_sec_per_key = 1\nrequest_burst = 4\nmisses_per_sec_per_key = 0\n",
+    )
+    .await;
+    let policy = "\"requests\";q=4;w=4";
+    // Five requests with one credential, alternating between the replicas. Alone, each replica
+    // would allow its own four (r=3, 3, 2, 2, 1); one budget in Redis allows four in all. A run
+    // slower than the refill could see a unit come back between two requests, so such a run is
+    // tried again with a fresh credential (a fresh budget).
+    for attempt in 0..5 {
+        let token = format!("ratelimit-shared-{attempt:04}");
+        let refused_before = metric(&proxies[0], REQUEST_LIMIT_REFUSALS).await;
+        let started = Instant::now();
+        let mut answers = Vec::new();
+        for i in 0..5 {
+            answers.push(get(&proxies[i % 2], &path(TWILIO_ID), Some(&token)).await);
+        }
+        if started.elapsed() >= Duration::from_millis(900) {
+            continue;
+        }
+        for (i, (answer, r)) in answers.iter().zip([3, 2, 1, 0]).enumerate() {
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "request {i}: {}",
+                answer.text()
+            );
+            assert_eq!(
+                answer.header("ratelimit-policy"),
+                Some(policy),
+                "request {i}"
+            );
+            // t: seconds until the budget is full again, one per unit taken.
+            let t = 4 - r;
+            assert_eq!(
+                answer.header("ratelimit"),
+                Some(format!("\"requests\";r={r};t={t}").as_str()),
+                "request {i}, on replica {}",
+                i % 2
+            );
+        }
+        let refused = &answers[4];
+        assert_eq!(
+            refused.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            refused.text()
+        );
+        assert_eq!(refused.header("ratelimit-policy"), Some(policy));
+        // The next unit comes back within the second: t=1.
+        assert_eq!(refused.header("ratelimit"), Some("\"requests\";r=0;t=1"));
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(
+            metric(&proxies[0], REQUEST_LIMIT_REFUSALS).await - refused_before,
+            1.0,
+            "the refusal is counted where it happened"
+        );
+        return;
+    }
+    panic!("five requests never took under 900 ms");
+}
+
+#[tokio::test]
 async fn redis_dying_fails_no_request_and_sharing_resumes_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let mock = MockVapi::start().await;

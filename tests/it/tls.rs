@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::support::mock_vapi::{PLANTED, TELNYX_ID, TWILIO_ID};
 use crate::support::{
     MockVapi, Proxy, Resp, TOKEN_A, TempDir, TestCert, get, get_request, path, request,
-    tls_client_config,
+    tls_client_config, toml_path,
 };
 use bytes::Bytes;
 use http::{Method, StatusCode, Version};
@@ -20,11 +20,6 @@ use hyper_util::rt::TokioExecutor;
 use phonegate::config::Config;
 use phonegate::server::{Server, StartError};
 use rustls_pki_types::CertificateDer;
-
-/// A TOML string literal for a path.
-fn toml_path(path: &Path) -> String {
-    format!("{:?}", path.to_str().expect("utf-8 temp path"))
-}
 
 fn tls_config_toml(upstream_url: &str, cert: &Path, key: &Path) -> String {
     format!(

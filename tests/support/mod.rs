@@ -5,8 +5,10 @@
 //! Also what the test modules assert and build with, so that each is written once: the cache state
 //! of an answer ([`Resp::assert_cache`] checks `x-cache` and that RFC 9211 `Cache-Status` agrees),
 //! requests ([`request`], [`get_request`], [`write`], [`admin`]) and many at once
-//! ([`get_concurrently`], [`send_concurrently`]), `/metrics` values, cache keys, secret-leak
-//! checks, temporary directories, self-signed certificates and free ports.
+//! ([`get_concurrently`], [`send_concurrently`]), managed-mode and CORS settings
+//! ([`managed_toml`], [`cors_toml`]), `/metrics` values, cache keys, secret-leak checks,
+//! temporary directories, files of the repository, programs on PATH, self-signed certificates
+//! and free ports.
 #![allow(dead_code, unused_imports)]
 
 pub mod redis;
@@ -128,16 +130,25 @@ impl Drop for Proxy {
 }
 
 /// `[section]` headers may appear twice when a test's extra TOML names a section the harness
-/// also sets (upstream); TOML forbids that, so fold repeated sections together.
+/// also sets (upstream); TOML forbids that, so fold repeated sections together. An array of
+/// tables (`[[auth.clients]]`) is a list of its own tables: each `[[...]]` header starts a new
+/// one, never folded into another.
 fn merge_sections(toml: &str) -> String {
-    let mut order: Vec<String> = Vec::new();
-    let mut bodies: std::collections::HashMap<String, Vec<String>> = Default::default();
-    let mut current = String::new();
-    order.push(current.clone());
+    // A section by its header and, for an array of tables, which occurrence of that header.
+    type Section = (String, usize);
+    let mut order: Vec<Section> = vec![(String::new(), 0)];
+    let mut bodies: std::collections::HashMap<Section, Vec<String>> = Default::default();
+    let mut current: Section = (String::new(), 0);
+    let mut array_tables = 0;
     for line in toml.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with('[') && trimmed.ends_with(']') {
-            current = trimmed.to_owned();
+            let mut occurrence = 0;
+            if trimmed.starts_with("[[") {
+                array_tables += 1;
+                occurrence = array_tables;
+            }
+            current = (trimmed.to_owned(), occurrence);
             if !order.contains(&current) {
                 order.push(current.clone());
             }
@@ -150,8 +161,8 @@ fn merge_sections(toml: &str) -> String {
     }
     let mut out = String::new();
     for section in order {
-        if !section.is_empty() {
-            out.push_str(&section);
+        if !section.0.is_empty() {
+            out.push_str(&section.0);
             out.push('\n');
         }
         if let Some(lines) = bodies.get(&section) {
@@ -171,6 +182,38 @@ fn merge_sections(toml: &str) -> String {
         }
     }
     out
+}
+
+/// A client of managed-credentials mode: its name, the bearer token it calls with (configured
+/// as its SHA-256) and its scopes (`read`, `write`).
+pub struct ManagedClient<'a> {
+    pub name: &'a str,
+    pub token: &'a str,
+    pub scopes: &'a [&'a str],
+}
+
+/// The sections that put [`Proxy::start`] in managed-credentials mode: phonegate calls the
+/// upstream with `upstream_key`, and answers only `clients`, each with its own
+/// `[[auth.clients]]` table. Append further sections (`[upstream]` included: its keys are
+/// merged in) after it.
+pub fn managed_toml(upstream_key: &str, clients: &[ManagedClient]) -> String {
+    let mut toml =
+        format!("[upstream]\napi_key = {upstream_key:?}\n\n[auth]\nmode = \"managed\"\n");
+    for client in clients {
+        toml.push_str(&format!(
+            "\n[[auth.clients]]\nname = {:?}\ntoken_sha256 = {:?}\nscopes = {:?}\n",
+            client.name,
+            phonegate::auth::token_sha256_hex(client.token),
+            client.scopes,
+        ));
+    }
+    toml.push('\n');
+    toml
+}
+
+/// A `[cors]` section allowing exactly `origins`.
+pub fn cors_toml(origins: &[&str]) -> String {
+    format!("[cors]\nallowed_origins = {origins:?}\n")
 }
 
 /// A response read in full.
@@ -625,14 +668,36 @@ pub fn tls_client_config(cert: &CertificateDer<'static>) -> rustls::ClientConfig
 
 /// Whether an executable file called `name` is in one of PATH's directories.
 pub fn on_path(name: &str) -> bool {
+    find_on_path(name).is_some()
+}
+
+/// The first executable file called `name` in PATH's directories.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path).any(|dir| {
-        std::fs::metadata(dir.join(name))
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    })
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A TOML string literal naming `path` (for `cert_path = ...` and the like).
+pub fn toml_path(path: &Path) -> String {
+    format!("{:?}", path.to_str().expect("utf-8 temp path"))
+}
+
+/// The repository's root directory (where Cargo.toml is), which `deploy/`, `examples/` and the
+/// other files the tests check are relative to.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The text of the file at `rel` from the repository's root.
+pub fn read_repo_file(rel: &str) -> String {
+    std::fs::read_to_string(repo_root().join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: cannot read: {e}"))
 }
 
 /// `n` distinct loopback addresses that were free a moment ago: bound all at once (so none
