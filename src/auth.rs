@@ -140,7 +140,7 @@ impl From<&ClientConfig> for Client {
     fn from(c: &ClientConfig) -> Self {
         Client {
             name: Arc::from(c.name.as_str()),
-            token_sha256: c.token_sha256,
+            token_sha256: *c.token_sha256.reveal(),
             read: c.read,
             write: c.write,
         }
@@ -158,6 +158,7 @@ pub fn token_sha256_hex(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
 
     fn managed() -> (Authenticator, Fingerprinter) {
         let f = Fingerprinter::new(Some("0123456789abcdef")).unwrap();
@@ -173,18 +174,18 @@ mod tests {
             clients: vec![
                 ClientConfig {
                     name: "reader".into(),
-                    token_sha256: digest("read-token"),
+                    token_sha256: Secret::hidden(digest("read-token")),
                     read: true,
                     write: false,
                 },
                 ClientConfig {
                     name: "writer".into(),
-                    token_sha256: digest("write-token"),
+                    token_sha256: Secret::hidden(digest("write-token")),
                     read: true,
                     write: true,
                 },
             ],
-            api_key: crate::config::Secret::new("upstream-secret-key"),
+            api_key: Secret::new("upstream-secret-key"),
         };
         (Authenticator::new(&config, &f).unwrap(), f)
     }

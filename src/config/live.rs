@@ -3,7 +3,6 @@
 //! They reach requests as one snapshot ([`crate::state::Live`]), so a request never sees some new
 //! and some old.
 
-use std::fmt;
 use std::time::Duration;
 
 use super::Secret;
@@ -101,26 +100,16 @@ pub enum AuthConfig {
 }
 
 /// One managed-mode client.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Its name, logged as `client`.
     pub name: String,
     /// SHA-256 of its token.
-    pub token_sha256: [u8; 32],
+    pub token_sha256: Secret<[u8; 32]>,
     /// May call the GET routes.
     pub read: bool,
     /// May call POST, PATCH and DELETE.
     pub write: bool,
-}
-
-impl fmt::Debug for ClientConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientConfig")
-            .field("name", &self.name)
-            .field("read", &self.read)
-            .field("write", &self.write)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Bounds on one request.

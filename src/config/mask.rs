@@ -201,9 +201,21 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_the_key_secret() {
-        let c =
-            Config::from_toml("[cache]\nkey_secret = \"0123456789abcdef-very-secret\"\n").unwrap();
-        assert!(!format!("{:?}", c.startup.store).contains("very-secret"));
+    fn debug_output_hides_every_secret() {
+        let c = Config::from_toml(
+            "[cache]\nkey_secret = \"0123456789abcdef-very-secret\"\n\
+             [admin]\ntoken = \"admin-token-0123456789\"\n\
+             [upstream]\napi_key = \"sk-upstream-hidden\"\n\
+             [auth]\nmode = \"managed\"\n\
+             [[auth.clients]]\nname = \"web\"\n\
+             token_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n\
+             scopes = [\"read\"]\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["very-secret", "admin-token", "sk-upstream", "159, 134, 208"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("web"), "the client's name is shown");
     }
 }

@@ -92,12 +92,12 @@ fn invalid(key: &'static str, value: impl fmt::Display, reason: impl Into<String
     }
 }
 
-/// A secret setting: compared and used, never shown by `{:?}`.
+/// A secret setting (a text by default): compared and used, never shown by `{:?}`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret<T = String>(T);
 
 impl Secret {
-    /// Wraps a secret value.
+    /// Wraps a secret text.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -108,7 +108,19 @@ impl Secret {
     }
 }
 
-impl fmt::Debug for Secret {
+impl<T> Secret<T> {
+    /// Wraps a secret value of another kind (a token digest).
+    pub fn hidden(value: T) -> Self {
+        Secret(value)
+    }
+
+    /// The value itself.
+    pub fn reveal(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("(set)")
     }

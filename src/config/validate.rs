@@ -417,7 +417,10 @@ fn validate_client(raw: RawClient, earlier: &[ClientConfig]) -> Result<ClientCon
             "must be 64 hex digits, as printed by `phonegate hash-token`",
         ));
     }
-    if earlier.iter().any(|c| c.token_sha256 == token_sha256) {
+    if earlier
+        .iter()
+        .any(|c| *c.token_sha256.reveal() == token_sha256)
+    {
         return Err(invalid(
             "auth.clients.token_sha256",
             format!("(client {name})"),
@@ -447,7 +450,7 @@ fn validate_client(raw: RawClient, earlier: &[ClientConfig]) -> Result<ClientCon
     }
     Ok(ClientConfig {
         name,
-        token_sha256,
+        token_sha256: Secret::hidden(token_sha256),
         read,
         write,
     })
