@@ -593,7 +593,7 @@ for setup in "${SETUPS[@]}"; do
     echo "| $(kind_label "$kind"): requests/s ≥ 0.85x the ceiling | ${r}x $(verdict "$r" 0.85 ge) |"
   done
   added=$(awk -v a="$(col "$setup" pg_miss 2)" -v b="$(col "$setup" direct_miss 2)" 'BEGIN { printf "%.0f", a - b }')
-  echo "| misses: added p50 over the upstream direct ≤ 150 µs | +$added µs $(verdict "$added" 150 le) |"
+  echo "| misses: added p50 over the upstream direct ≤ 75 µs | +$added µs $(verdict "$added" 75 le) |"
 done
 if [ -f "$WORK/warnings" ]; then
   echo
