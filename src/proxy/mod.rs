@@ -263,7 +263,10 @@ where
             .await;
         }
     };
-    if !body.is_end_stream() {
+    // A GET announced without a body (HTTP/2: END_STREAM on its HEADERS) keeps a known length of
+    // zero even if the client resets the stream meanwhile, which `is_end_stream` alone would
+    // report as a body still to come.
+    if !body.is_end_stream() && body.size_hint().exact() != Some(0) {
         return Err(ProxyError::BodyNotAllowed);
     }
     read(state, live, parts, resource, caller, deadline, ctx).await
