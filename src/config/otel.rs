@@ -81,14 +81,19 @@ impl OtelConfig {
     }
 }
 
-/// An absolute http(s) URL without credentials (a collector's key goes in
-/// `OTEL_EXPORTER_OTLP_HEADERS`, which is never shown).
+/// An absolute http(s) URL without credentials or a query string, which could carry one (a
+/// collector's key goes in `OTEL_EXPORTER_OTLP_HEADERS`, which is never shown).
 fn check_endpoint(url: String) -> Result<String, ConfigError> {
-    let shown = if url.contains('@') { "(hidden)" } else { &url };
+    let shown = if url.contains(['@', '?']) {
+        "(hidden)"
+    } else {
+        &url
+    };
     let ok = url
         .parse::<http::Uri>()
         .ok()
         .filter(|u| matches!(u.scheme_str(), Some("http") | Some("https")))
+        .filter(|u| u.query().is_none())
         .and_then(|u| u.authority().cloned())
         .is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'));
     if ok {
@@ -131,12 +136,14 @@ mod tests {
             let err = Config::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains(key), "{toml}: {err}");
         }
-        let err = Config::from_toml("[otel]\nendpoint = \"http://user:s3cret@c:4318\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("otel.endpoint") && !err.contains("s3cret"),
-            "{err}"
-        );
+        for url in ["http://user:s3cret@c:4318", "http://c:4318/?api_key=s3cret"] {
+            let err = Config::from_toml(&format!("[otel]\nendpoint = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("otel.endpoint") && !err.contains("s3cret"),
+                "{err}"
+            );
+        }
     }
 }

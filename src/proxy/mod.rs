@@ -49,8 +49,7 @@ use crate::error::ProxyError;
 use crate::metrics::RequestLabels;
 use crate::response::{self, Body, CACHE_STATUS, CacheReport, CacheStatus, X_REQUEST_ID};
 use crate::route::{self, Route};
-use crate::shield::Refusal;
-use crate::shield::headers::{BudgetReport, Policy, RATELIMIT, RATELIMIT_POLICY};
+use crate::shield::headers::{BudgetReport, RATELIMIT, RATELIMIT_POLICY};
 use crate::state::{AppState, Live};
 
 /// How much longer than its own deadlines (queue wait plus upstream exchange) a caller waits for
@@ -123,15 +122,10 @@ where
             (response, ctx.report.stale_reason)
         }
         Err(error) => {
+            if let ProxyError::Refused(refusal) = &error {
+                ctx.budgets.refused(refusal);
+            }
             match error {
-                ProxyError::Refused(Refusal::RequestLimit(wait)) => {
-                    ctx.budgets.refused(Policy::Requests, wait);
-                    metrics.refusal(error.reason());
-                }
-                ProxyError::Refused(Refusal::MissLimit(wait)) => {
-                    ctx.budgets.refused(Policy::Misses, wait);
-                    metrics.refusal(error.reason());
-                }
                 ProxyError::FetcherVanished => tracing::error!(
                     request_id = ?ctx.request_id,
                     "upstream fetch task ended without an answer"

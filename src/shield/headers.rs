@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use super::Remaining;
+use super::{Refusal, Remaining};
 use crate::config::LimitsConfig;
 
 /// The `RateLimit-Policy` response header.
@@ -30,15 +30,19 @@ pub(crate) struct BudgetReport {
 }
 
 impl BudgetReport {
-    /// The budget `policy` refused, with the wait until it has a unit again.
-    pub(crate) fn refused(&mut self, policy: Policy, wait: Duration) {
-        let empty = Some(Remaining {
-            units: 0,
-            full_in: wait,
-        });
-        match policy {
-            Policy::Requests => self.requests = empty,
-            Policy::Misses => self.misses = empty,
+    /// Notes a refusal: one by a budget empties it, with the wait until it has a unit again;
+    /// any other leaves the report as it is.
+    pub(crate) fn refused(&mut self, refusal: &Refusal) {
+        let empty = |wait: Duration| {
+            Some(Remaining {
+                units: 0,
+                full_in: wait,
+            })
+        };
+        match *refusal {
+            Refusal::RequestLimit(wait) => self.requests = empty(wait),
+            Refusal::MissLimit(wait) => self.misses = empty(wait),
+            _ => {}
         }
     }
 
@@ -59,15 +63,6 @@ impl BudgetReport {
             .then(|| HeaderValue::from_str(&value).ok())
             .flatten()
     }
-}
-
-/// A budget, by its policy name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Policy {
-    /// `limits.requests_per_sec_per_key`.
-    Requests,
-    /// `limits.misses_per_sec_per_key`.
-    Misses,
 }
 
 /// The `RateLimit-Policy` value for `limits`: `"requests";q=10;w=1, "misses";q=40;w=2`. `None`
@@ -138,7 +133,8 @@ mod tests {
             misses: None,
         };
         assert_eq!(report.header().unwrap(), "\"requests\";r=4;t=1");
-        report.refused(Policy::Misses, Duration::from_millis(2_100));
+        report.refused(&Refusal::MissLimit(Duration::from_millis(2_100)));
+        report.refused(&Refusal::QueueFull);
         assert_eq!(
             report.header().unwrap(),
             "\"requests\";r=4;t=1, \"misses\";r=0;t=3"
