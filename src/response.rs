@@ -110,7 +110,7 @@ impl CacheReport {
             CacheStatus::Bypass => return Some(HeaderValue::from_static("phonegate; fwd=bypass")),
             CacheStatus::None => return None,
         };
-        HeaderValue::from_str(&value).ok()
+        HeaderValue::try_from(value).ok()
     }
 }
 

@@ -59,9 +59,10 @@ impl BudgetReport {
                 let _ = write!(value, "\"{name}\";r={};t={}", r.units, ceil_secs(r.full_in));
             }
         }
-        (!value.is_empty())
-            .then(|| HeaderValue::from_str(&value).ok())
-            .flatten()
+        if value.is_empty() {
+            return None;
+        }
+        HeaderValue::try_from(value).ok()
     }
 }
 
@@ -87,9 +88,10 @@ pub(crate) fn policy(limits: &LimitsConfig) -> Option<HeaderValue> {
         let window = u64::from(burst).div_ceil(u64::from(rate)).max(1);
         let _ = write!(value, "\"{name}\";q={burst};w={window}");
     }
-    (!value.is_empty())
-        .then(|| HeaderValue::from_str(&value).ok())
-        .flatten()
+    if value.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(value).ok()
 }
 
 fn ceil_secs(d: Duration) -> u64 {
