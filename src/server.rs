@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -420,32 +420,57 @@ async fn drive<C>(
     }
 }
 
-/// Requests in flight on one connection; every start and end wakes the idle watch.
+/// Requests in flight on one connection and when the last one ended. Plain atomics: a request
+/// pays two counter updates and one clock read, and wakes nobody; the idle timer checks them
+/// when it fires.
 #[derive(Clone)]
-struct Activity(Arc<watch::Sender<usize>>);
+struct Activity(Arc<ActivityState>);
+
+struct ActivityState {
+    in_flight: AtomicUsize,
+    /// When the last request ended, as nanoseconds after `opened`.
+    last_done: AtomicU64,
+    opened: Instant,
+}
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity(Arc::new(watch::Sender::new(0)))
+        Activity(Arc::new(ActivityState {
+            in_flight: AtomicUsize::new(0),
+            last_done: AtomicU64::new(0),
+            opened: Instant::now(),
+        }))
     }
 }
 
 impl Activity {
     /// Counts `request` as in flight until it finishes (or is dropped).
     fn track<F: Future>(&self, request: F) -> impl Future<Output = F::Output> + use<F> {
-        struct InFlight(Arc<watch::Sender<usize>>);
+        struct InFlight(Arc<ActivityState>);
         impl Drop for InFlight {
             fn drop(&mut self) {
-                self.0.send_modify(|n| *n = n.saturating_sub(1));
+                let since = u64::try_from(self.0.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.0.last_done.fetch_max(since, Ordering::Relaxed);
+                self.0.in_flight.fetch_sub(1, Ordering::Release);
             }
         }
-        self.0.send_modify(|n| *n += 1);
+        self.0.in_flight.fetch_add(1, Ordering::Acquire);
         let guard = InFlight(Arc::clone(&self.0));
         async move {
             let output = request.await;
             drop(guard);
             output
         }
+    }
+
+    /// When the connection will have been idle for `after`, if nothing starts meanwhile; `None`
+    /// while a request is in flight.
+    fn idle_deadline(&self, after: Duration) -> Option<Instant> {
+        if self.0.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_nanos(self.0.last_done.load(Ordering::Relaxed));
+        Some(self.0.opened + last + after)
     }
 }
 
@@ -456,19 +481,22 @@ struct Idle {
 }
 
 impl Idle {
-    /// Resolves once no request has been in flight for the whole timeout.
+    /// Resolves once no request has been in flight for the whole timeout. One timer, re-armed
+    /// when it fires early: requests themselves never touch it.
     async fn elapsed(&self) {
-        let mut changes = self.activity.0.subscribe();
+        let first = self
+            .activity
+            .idle_deadline(self.after)
+            .unwrap_or_else(|| Instant::now() + self.after);
+        let sleep = tokio::time::sleep_until(first);
+        tokio::pin!(sleep);
         loop {
-            let in_flight = *changes.borrow_and_update();
-            if in_flight == 0 {
-                match tokio::time::timeout(self.after, changes.changed()).await {
-                    Err(_) => return,
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => std::future::pending::<()>().await,
-                }
-            } else if changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            sleep.as_mut().await;
+            let now = Instant::now();
+            match self.activity.idle_deadline(self.after) {
+                Some(deadline) if deadline <= now => return,
+                Some(deadline) => sleep.as_mut().reset(deadline),
+                None => sleep.as_mut().reset(now + self.after),
             }
         }
     }
