@@ -202,9 +202,9 @@ fn bench_cache_hit(c: &mut Criterion) {
 /// the access log take.
 fn bench_hit_path(c: &mut Criterion) {
     use http_body_util::{BodyExt, Empty};
-    use phonegate::access_log::{AccessLayer, AccessRecord};
+    use phonegate::access_log::AccessRecord;
+    use phonegate::log_writer::BatchWriter;
     use phonegate::metrics::{Metrics, RequestLabels};
-    use tracing_subscriber::layer::SubscriberExt;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -243,9 +243,9 @@ fn bench_hit_path(c: &mut Criterion) {
     let traced = primed("[otel]\nendpoint = \"http://127.0.0.1:9\"\n");
     assert!(traced.telemetry.is_some());
     let uri = format!("/phone-number/{the_id}");
-    // The access log writes to a sink, as the binary writes to its batching writer.
-    let subscriber = tracing_subscriber::registry().with(AccessLayer::new(std::io::sink));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // The access log goes through the batching writer, as in the binary, to a sink.
+    let (writer, _flush) = BatchWriter::new(std::io::sink()).expect("log writer");
+    phonegate::access_log::install(writer).expect("first writer");
 
     let mut g = c.benchmark_group("hit_path");
     g.measurement_time(Duration::from_secs(3))

@@ -80,13 +80,10 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
 
-    // The access log, formatted and thrown away, as the binary formats it for its writer.
-    {
-        use tracing_subscriber::layer::SubscriberExt;
-        let subscriber = tracing_subscriber::registry()
-            .with(phonegate::access_log::AccessLayer::new(std::io::sink));
-        tracing::subscriber::set_global_default(subscriber).expect("no subscriber yet");
-    }
+    // The access log, formatted and batched as in the binary, then thrown away.
+    let (writer, _flush) =
+        phonegate::log_writer::BatchWriter::new(std::io::sink()).expect("log writer");
+    phonegate::access_log::install(writer).expect("first writer");
 
     let redis = RedisProcess::start();
     let servers = runtime("phonegate");

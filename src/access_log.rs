@@ -1,24 +1,24 @@
 //! Logging: the access log, one JSON object per request on stdout, and the operational logs that
 //! share the stream.
 //!
-//! The access log is a tracing event on its own target ([`TARGET`]), written by [`AccessLayer`]
-//! rather than by tracing-subscriber's JSON formatter because the access log's schema is a
-//! contract: every field declared at the call site is always present, `null` when it has no value
-//! (`upstream_ms` on a hit, `key_id` without a credential), and fields sit at the top level.
+//! In JSON format (the default) an access-log line is formatted straight from the
+//! [`AccessRecord`] into a per-thread buffer and appended to the batching writer: no tracing
+//! dispatch, no field visitor, no allocation. Its schema is a contract: every field is always
+//! present, `null` when it has no value (`upstream_ms` on a hit, `key_id` without a credential),
+//! and fields sit at the top level. In pretty format (and in a process that never called [`init`],
+//! such as a test harness with its own subscriber) the same record is a tracing event on its own
+//! target ([`TARGET`]), formatted by tracing-subscriber.
 //!
 //! Nothing here ever sees a credential, a body or a redacted value: the call site passes only the
 //! keyed fingerprint and fixed strings.
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, filter, reload};
 
@@ -76,14 +76,40 @@ pub const MAX_LOGGED_CLIENT: usize = 64;
 /// is cut before it is escaped, and the rest are fixed-size.
 pub const MAX_LINE_BYTES: usize = 4096;
 
-/// Emits one access-log event.
+/// Where JSON access-log lines go once [`init`] has run in JSON format.
+static JSON_SINK: OnceLock<BatchWriter> = OnceLock::new();
+
+/// Sends JSON access-log lines to `writer` from now on, for the whole process; what [`init`] does
+/// in JSON format. Fails if a writer was installed already.
+pub fn install(writer: BatchWriter) -> Result<(), String> {
+    JSON_SINK
+        .set(writer)
+        .map_err(|_| "an access-log writer was already installed".to_owned())
+}
+
+/// Writes one access-log line for `record`.
 pub fn emit(record: &AccessRecord<'_>) {
-    let path = truncate(record.path, MAX_LOGGED_PATH);
+    let Some(sink) = JSON_SINK.get() else {
+        emit_event(record);
+        return;
+    };
+    LINE.with(|line| {
+        let Ok(mut buf) = line.try_borrow_mut() else {
+            return;
+        };
+        buf.clear();
+        format_record(record, SystemTime::now(), &mut buf);
+        sink.write_line(&buf);
+    });
+}
+
+/// The record as a tracing event on [`TARGET`] (pretty format, or no JSON sink installed).
+fn emit_event(record: &AccessRecord<'_>) {
     tracing::info!(
         target: TARGET,
         request_id = truncate(record.request_id, MAX_LOGGED_REQUEST_ID),
         method = truncate(record.method, MAX_LOGGED_METHOD),
-        path = path,
+        path = truncate(record.path, MAX_LOGGED_PATH),
         route = record.route,
         client = record.client.map(|c| truncate(c, MAX_LOGGED_CLIENT)),
         status = record.status,
@@ -97,6 +123,78 @@ pub fn emit(record: &AccessRecord<'_>) {
         bytes = record.bytes,
         "request"
     );
+}
+
+/// Formats `record`, logged at `now`, as one JSON line (with its newline) into `buf`.
+pub fn format_record(record: &AccessRecord<'_>, now: SystemTime, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(b"{\"timestamp\":\"");
+    write_timestamp(buf, now);
+    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"");
+    buf.extend_from_slice(TARGET.as_bytes());
+    buf.extend_from_slice(b"\",\"message\":\"request\",\"request_id\":");
+    json_str(buf, truncate(record.request_id, MAX_LOGGED_REQUEST_ID));
+    buf.extend_from_slice(b",\"method\":");
+    json_str(buf, truncate(record.method, MAX_LOGGED_METHOD));
+    buf.extend_from_slice(b",\"path\":");
+    json_str(buf, truncate(record.path, MAX_LOGGED_PATH));
+    buf.extend_from_slice(b",\"route\":");
+    json_opt_str(buf, record.route);
+    buf.extend_from_slice(b",\"client\":");
+    json_opt_str(buf, record.client.map(|c| truncate(c, MAX_LOGGED_CLIENT)));
+    buf.extend_from_slice(b",\"status\":");
+    write_u64(buf, u64::from(record.status));
+    buf.extend_from_slice(b",\"cache\":");
+    json_str(buf, record.cache);
+    buf.extend_from_slice(b",\"duration_ms\":");
+    write_millis(buf, record.duration);
+    buf.extend_from_slice(b",\"upstream_ms\":");
+    match record.upstream {
+        Some(upstream) => write_millis(buf, upstream),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"key_id\":");
+    json_opt_str(buf, record.key_id.as_ref().map(KeyId::hex).as_deref());
+    buf.extend_from_slice(b",\"reason\":");
+    json_opt_str(buf, record.reason);
+    buf.extend_from_slice(b",\"coalesced\":");
+    buf.extend_from_slice(if record.coalesced { b"true" } else { b"false" });
+    buf.extend_from_slice(b",\"tier\":");
+    json_opt_str(buf, record.tier);
+    buf.extend_from_slice(b",\"bytes\":");
+    write_u64(buf, record.bytes);
+    buf.extend_from_slice(b"}\n");
+}
+
+fn json_opt_str(buf: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(value) => json_str(buf, value),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+fn write_u64(buf: &mut Vec<u8>, value: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// `d` in milliseconds rounded to the microsecond, as the shortest JSON number that says it
+/// (`1.234`, `12.0`): what serde_json prints for [`millis`].
+fn write_millis(buf: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_nanos().saturating_add(500) / 1000;
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    write_u64(buf, micros / 1000);
+    buf.push(b'.');
+    let frac = micros % 1000;
+    let digits = [
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let keep = match digits {
+        [_, b'0', b'0'] => 1,
+        [_, _, b'0'] => 2,
+        _ => 3,
+    };
+    buf.extend_from_slice(&digits[..keep]);
 }
 
 fn millis(d: Duration) -> f64 {
@@ -114,59 +212,9 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Writes [`TARGET`] events as flat JSON lines; declared-but-empty fields become `null`.
-pub struct AccessLayer<W> {
-    make_writer: W,
-}
-
-impl<W> AccessLayer<W> {
-    /// A layer writing to `make_writer`.
-    pub fn new(make_writer: W) -> Self {
-        AccessLayer { make_writer }
-    }
-}
-
 thread_local! {
     // One buffer per thread, reused: the access log runs on every request.
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-}
-
-impl<S, W> Layer<S> for AccessLayer<W>
-where
-    S: Subscriber,
-    W: for<'w> MakeWriter<'w> + 'static,
-{
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        LINE.with(|line| {
-            let Ok(mut buf) = line.try_borrow_mut() else {
-                return;
-            };
-            buf.clear();
-            format_line(event, &mut buf);
-            let _ = self.make_writer.make_writer().write_all(&buf);
-        });
-    }
-}
-
-fn format_line(event: &Event<'_>, buf: &mut Vec<u8>) {
-    let meta = event.metadata();
-    buf.extend_from_slice(b"{\"timestamp\":\"");
-    write_timestamp(buf, SystemTime::now());
-    buf.extend_from_slice(b"\",\"level\":\"");
-    buf.extend_from_slice(meta.level().as_str().as_bytes());
-    buf.extend_from_slice(b"\",\"target\":");
-    json_str(buf, meta.target());
-    let mut visitor = JsonFields { buf, seen: 0 };
-    event.record(&mut visitor);
-    let seen = visitor.seen;
-    for field in meta.fields() {
-        if field.index() < 64 && seen & (1 << field.index()) == 0 {
-            buf.push(b',');
-            json_str(buf, field.name());
-            buf.extend_from_slice(b":null");
-        }
-    }
-    buf.extend_from_slice(b"}\n");
 }
 
 thread_local! {
@@ -212,57 +260,6 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
     }
     // Writing a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, s);
-}
-
-struct JsonFields<'a> {
-    buf: &'a mut Vec<u8>,
-    /// Bit i set when the field with index i was recorded.
-    seen: u64,
-}
-
-impl JsonFields<'_> {
-    fn key(&mut self, field: &Field) {
-        if field.index() < 64 {
-            self.seen |= 1 << field.index();
-        }
-        self.buf.push(b',');
-        json_str(self.buf, field.name());
-        self.buf.push(b':');
-    }
-}
-
-impl Visit for JsonFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        json_str(self.buf, value);
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.buf, "{value}");
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.buf, "{value}");
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        // serde_json writes non-finite floats as null.
-        let _ = serde_json::to_writer(&mut *self.buf, &value);
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.buf
-            .extend_from_slice(if value { b"true" } else { b"false" });
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.key(field);
-        json_str(self.buf, &format!("{value:?}"));
-    }
 }
 
 type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -321,17 +318,21 @@ pub fn init(format: LogFormat, level: &str) -> Result<(FlushGuard, LogControl), 
         Box<dyn Layer<Base> + Send + Sync>,
         Box<dyn Layer<WithAccess> + Send + Sync>,
     ) = match format {
-        LogFormat::Json => (
-            Box::new(AccessLayer::new(writer.clone()).with_filter(is_access)),
-            Box::new(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            ),
-        ),
+        LogFormat::Json => {
+            // Access lines bypass tracing (see `emit`); its JSON layer writes the rest.
+            install(writer.clone())?;
+            (
+                Box::new(tracing_subscriber::layer::Identity::new()),
+                Box::new(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(false)
+                        .with_writer(writer),
+                ),
+            )
+        }
         LogFormat::Pretty => (
             Box::new(
                 tracing_subscriber::fmt::layer()
@@ -360,35 +361,13 @@ pub fn init(format: LogFormat, level: &str) -> Result<(FlushGuard, LogControl), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
 
     fn capture(record: &AccessRecord<'_>) -> serde_json::Value {
-        let out = Capture::default();
-        let subscriber = tracing_subscriber::registry().with(AccessLayer::new(out.clone()));
-        tracing::subscriber::with_default(subscriber, || emit(record));
-        let bytes = out.0.lock().unwrap().clone();
-        let text = String::from_utf8(bytes).unwrap();
+        let mut buf = Vec::new();
+        format_record(record, SystemTime::now(), &mut buf);
+        let text = String::from_utf8(buf).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "exactly one line: {text}");
+        assert!(text.ends_with('\n'));
         serde_json::from_str(&text).unwrap()
     }
 
@@ -408,12 +387,10 @@ mod tests {
             bytes: u64::MAX,
             ..record()
         };
-        let out = Capture::default();
-        let subscriber = tracing_subscriber::registry().with(AccessLayer::new(out.clone()));
-        tracing::subscriber::with_default(subscriber, || emit(&rec));
-        let line = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let mut line = Vec::new();
+        format_record(&rec, SystemTime::now(), &mut line);
         assert!(line.len() <= MAX_LINE_BYTES, "{} bytes", line.len());
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert!(v["method"].as_str().unwrap().len() <= MAX_LOGGED_METHOD);
     }
 
@@ -471,6 +448,70 @@ mod tests {
         });
         assert_eq!(v["upstream_ms"], 12.0);
         assert_eq!(v["key_id"], key_id.to_string());
+    }
+
+    #[test]
+    fn every_field_is_present_in_every_line() {
+        let v = capture(&record());
+        let fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "timestamp",
+            "level",
+            "target",
+            "message",
+            "request_id",
+            "method",
+            "path",
+            "route",
+            "client",
+            "status",
+            "cache",
+            "duration_ms",
+            "upstream_ms",
+            "key_id",
+            "reason",
+            "coalesced",
+            "tier",
+            "bytes",
+        ];
+        let mut got = fields.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "request");
+        assert_eq!(v["client"], serde_json::Value::Null);
+        assert_eq!(v["reason"], serde_json::Value::Null);
+        assert_eq!(v["coalesced"], false);
+        assert_eq!(v["tier"], "l1");
+        assert_eq!(v["bytes"], 42);
+    }
+
+    #[test]
+    fn milliseconds_are_written_as_serde_json_writes_them() {
+        for nanos in [
+            0,
+            499,
+            500,
+            1_000,
+            1_234_000,
+            1_234_567,
+            12_000_000,
+            12_300_000,
+            999_999_999,
+            86_400_000_000_000,
+            1_000_000_000_000_000,
+        ] {
+            let d = Duration::from_nanos(nanos);
+            let mut ours = Vec::new();
+            write_millis(&mut ours, d);
+            let theirs = serde_json::to_vec(&millis(d)).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(theirs).unwrap(),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,27 @@ pub struct FlushGuard {
 }
 
 impl BatchWriter {
+    /// Appends `bytes` (whole lines) to the buffer, or drops and counts them when the buffer is
+    /// full. Never blocks on the output.
+    pub fn write_line(&self, bytes: &[u8]) {
+        let mut buf = self
+            .shared
+            .buf
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if buf.bytes.len() + bytes.len() > MAX_BUFFERED {
+            drop(buf);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.unreported.fetch_add(1, Ordering::Relaxed);
+            // A log line is never worth an error, or a wait, in the request path.
+            return;
+        }
+        buf.bytes.extend_from_slice(bytes);
+        if buf.bytes.len() >= FLUSH_BYTES {
+            self.shared.wake.notify_one();
+        }
+    }
+
     /// A writer batching into `out`, written only by its own flusher thread, so batches reach
     /// `out` in order and no request thread ever waits on a slow stdout (until the bound).
     pub fn new<W: Write + Send + 'static>(mut out: W) -> io::Result<(Self, FlushGuard)> {
@@ -159,22 +180,7 @@ impl BatchWriter {
 
 impl Write for BatchWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut buf = self
-            .shared
-            .buf
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if buf.bytes.len() + bytes.len() > MAX_BUFFERED {
-            drop(buf);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            self.shared.unreported.fetch_add(1, Ordering::Relaxed);
-            // Claimed as written: a log line is never worth an error in the request path.
-            return Ok(bytes.len());
-        }
-        buf.bytes.extend_from_slice(bytes);
-        if buf.bytes.len() >= FLUSH_BYTES {
-            self.shared.wake.notify_one();
-        }
+        self.write_line(bytes);
         Ok(bytes.len())
     }
 
