@@ -27,6 +27,9 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// Headers a cached answer's map is sized for.
+const RESPONSE_HEADERS: usize = 16;
+
 /// Answers depend on the caller's credential, so no shared cache (CDN, browser proxy) may reuse
 /// them for someone else.
 const PRIVATE: HeaderValue = HeaderValue::from_static("private");
@@ -137,6 +140,10 @@ pub fn from_entry(
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
+    // Sized for what a hit carries by the time it is sent (these, `x-request-id`,
+    // `cache-control`, `cache-status`, the two `RateLimit` fields, CORS): the map is allocated
+    // once instead of growing and rehashing half-way.
+    *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADERS);
     let headers = response.headers_mut();
     if !not_modified {
         headers.insert(CONTENT_TYPE, APPLICATION_JSON);
@@ -148,7 +155,7 @@ pub fn from_entry(
         headers.insert(ETAG, tag.clone());
     }
     if let Some(retry_after) = &entry.retry_after {
-        headers.insert(RETRY_AFTER, retry_after.clone());
+        headers.insert(RETRY_AFTER, HeaderValue::clone(retry_after));
     }
     if matches!(cache, CacheStatus::Hit | CacheStatus::Stale) {
         let age = now.saturating_duration_since(entry.stored_at).as_secs();

@@ -68,7 +68,7 @@ pub fn filter(
         status,
         body,
         etag,
-        retry_after: upstream.retry_after,
+        retry_after: upstream.retry_after.map(Box::new),
         stored_at: now,
         fresh_for,
         policy_generation: 0,
@@ -247,7 +247,10 @@ mod tests {
         let e = filter(answer, &Policy::default(), fresh(), None, Instant::now()).unwrap();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(!e.is_cacheable());
-        assert_eq!(e.retry_after, Some(HeaderValue::from_static("7")));
+        assert_eq!(
+            e.retry_after.as_deref(),
+            Some(&HeaderValue::from_static("7"))
+        );
         let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(body["statusCode"], 429);
         assert_eq!(body["message"], ERROR_PAGE_MESSAGE);

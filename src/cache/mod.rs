@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
-use moka::sync::Cache;
 use uuid::Uuid;
 
 use crate::credential::Fingerprint;
@@ -120,8 +119,9 @@ pub struct Entry {
     pub body: Bytes,
     /// Strong validator over `body`; set on 200s only.
     pub etag: Option<HeaderValue>,
-    /// The upstream's `Retry-After`, relayed on 429 and 503.
-    pub retry_after: Option<HeaderValue>,
+    /// The upstream's `Retry-After`, relayed on 429 and 503; boxed, since only those answers
+    /// have one and the box keeps every other entry 32 bytes smaller.
+    pub retry_after: Option<Box<HeaderValue>>,
     /// When the answer arrived from the upstream.
     pub stored_at: Instant,
     /// How long it may be served from the cache; zero means never cached.
@@ -167,35 +167,19 @@ impl Entry {
     /// Bytes this entry is charged against `cache.max_bytes`: the body plus the fixed parts, so a
     /// flood of tiny entries (404s) is bounded too.
     fn weight(&self) -> u32 {
-        // What an entry costs beyond the body, the key and the entry struct: moka's node, its
-        // timer and frequency bookkeeping, the Arc, the etag's allocation. benches/memory.rs
-        // measured ~660 B beyond the body per entry, of which the structs counted here are ~250.
-        const OVERHEAD: usize = 416;
+        // What an entry costs beyond the body, the key and the entry struct: its slot in the
+        // cache's slab and index (which hold the key), the Arc's counts, allocator headers and
+        // rounding, the etag's allocation. benches/memory.rs measured 320-340 B beyond the body
+        // per entry (fixture-sized and 600 B bodies), of which the structs counted here are ~200.
+        const OVERHEAD: usize = 128;
         let headers = self.etag.as_ref().map_or(0, HeaderValue::len)
-            + self.retry_after.as_ref().map_or(0, HeaderValue::len);
+            + self.retry_after.as_ref().map_or(0, |value| value.len());
         let total = self.body.len()
             + headers
             + std::mem::size_of::<Entry>()
             + std::mem::size_of::<CacheKey>()
             + OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
-    }
-}
-
-/// Gives each entry its own lifetime: its freshness (a 200's `ttl_secs`, a 404's
-/// `negative_ttl_secs`) plus the stale window, during which it may still stand in.
-struct EntryExpiry {
-    stale_window: Duration,
-}
-
-impl moka::Expiry<CacheKey, Cached> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Cached,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.entry.fresh_for.saturating_add(self.stale_window))
     }
 }
 
@@ -209,71 +193,146 @@ pub struct Cached {
     pub stamp: Stamp,
 }
 
-/// The bounded response cache of this replica (L1). Cheap to clone.
+/// Charges each entry its [`Entry::weight`] against `cache.max_bytes`.
+#[derive(Clone)]
+struct ByWeight;
+
+impl quick_cache::Weighter<CacheKey, Cached> for ByWeight {
+    fn weight(&self, _key: &CacheKey, cached: &Cached) -> u64 {
+        u64::from(cached.entry.weight())
+    }
+}
+
+/// How often expired entries are swept out (they are never served meanwhile: every lookup checks
+/// the entry's staleness).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Entry weight the cache's shards and bookkeeping are sized for (a number with a fixture-sized
+/// body weighs about 2 KiB); it only sizes the ghost list, not the bound.
+const TYPICAL_WEIGHT: u64 = 2048;
+
+/// Shards never hold less than this much weight: the largest answer (a long list) must fit in
+/// one shard to be cached at all.
+const MIN_SHARD_BYTES: u64 = 16 * 1024 * 1024;
+
+struct Memory {
+    map: quick_cache::sync::Cache<CacheKey, Cached, ByWeight>,
+    stale_window: Duration,
+}
+
+/// The bounded response cache of this replica (L1): a sharded CLOCK-PRO cache (quick_cache)
+/// bounded by entry weight in bytes. A lookup takes a shard's read lock and sets a reference
+/// bit; there is no per-read bookkeeping queue. Cheap to clone.
 #[derive(Clone)]
 pub struct ResponseCache {
-    inner: Cache<CacheKey, Cached>,
+    inner: Arc<Memory>,
 }
 
 impl ResponseCache {
     /// A cache holding at most `max_bytes`, counted by [`Entry`] weight, keeping entries for
-    /// `stale_window` past their freshness.
+    /// `stale_window` past their freshness. Under a tokio runtime a task sweeps out expired
+    /// entries every few seconds, for as long as the cache lives.
     pub fn new(max_bytes: u64, stale_window: Duration) -> Self {
-        let inner = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_key: &CacheKey, cached: &Cached| cached.entry.weight())
-            .expire_after(EntryExpiry { stale_window })
+        let shards = (max_bytes / MIN_SHARD_BYTES).clamp(1, 16);
+        let options = quick_cache::OptionsBuilder::new()
+            .weight_capacity(max_bytes)
+            .estimated_items_capacity(
+                usize::try_from(max_bytes / TYPICAL_WEIGHT)
+                    .unwrap_or(1)
+                    .max(1),
+            )
+            .shards(usize::try_from(shards).unwrap_or(1))
             .build();
+        let map = match options {
+            Ok(options) => quick_cache::sync::Cache::with_options(
+                options,
+                ByWeight,
+                Default::default(),
+                Default::default(),
+            ),
+            // Only a missing weight capacity fails, and it is always set.
+            Err(_) => quick_cache::sync::Cache::with_weighter(1, max_bytes, ByWeight),
+        };
+        let inner = Arc::new(Memory { map, stale_window });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let memory = Arc::downgrade(&inner);
+            runtime.spawn(async move {
+                let mut every = tokio::time::interval(SWEEP_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let Some(memory) = memory.upgrade() else {
+                        return;
+                    };
+                    memory.sweep();
+                }
+            });
+        }
         ResponseCache { inner }
     }
 
-    /// The entry for `key`, fresh or stale, current or not, if one is still kept.
+    /// The entry for `key`, fresh or stale, current or not, if one is still kept. Whether it may
+    /// be served is the caller's to decide ([`Entry::staleness`]).
     pub fn get(&self, key: &CacheKey) -> Option<Cached> {
-        self.inner.get(key)
+        self.inner.map.get(key)
     }
 
     /// Drops the entry for `key`.
     pub fn invalidate(&self, key: &CacheKey) {
-        self.inner.invalidate(key);
+        self.inner.map.remove(key);
     }
 
     /// Drops every entry whose key matches, and says how many went. Walks the whole cache, so it
     /// is for writes and admin calls, not for the read path.
     pub fn invalidate_where(&self, matches: impl Fn(&CacheKey) -> bool) -> u64 {
-        let mut removed = 0;
-        for (key, _) in self.inner.iter() {
-            if matches(&key) && self.inner.remove(&*key).is_some() {
-                removed += 1;
-            }
-        }
-        removed
+        let removed = std::cell::Cell::new(0);
+        self.inner.map.retain(|key, _| {
+            let drop = matches(key);
+            removed.set(removed.get() + u64::from(drop));
+            !drop
+        });
+        removed.get()
     }
 
     /// Stores `entry`, filled from `stamp` on, if it is cacheable.
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, stamp: Stamp) {
         if entry.is_cacheable() {
-            self.inner.insert(key, Cached { entry, stamp });
+            self.inner.map.insert(key, Cached { entry, stamp });
         }
     }
 
     /// Drops every entry.
     pub fn invalidate_all(&self) {
-        self.inner.invalidate_all();
+        self.inner.map.clear();
     }
 
-    /// Number of entries (approximate until pending maintenance has run).
+    /// Number of entries.
     pub fn entry_count(&self) -> u64 {
-        self.inner.entry_count()
+        self.inner.map.len() as u64
     }
 
-    /// Total weight in bytes (approximate until pending maintenance has run).
+    /// Total weight in bytes.
     pub fn weighted_size(&self) -> u64 {
-        self.inner.weighted_size()
+        self.inner.map.weight()
     }
 
-    /// Runs pending evictions now; for tests and size reports.
+    /// Sweeps out expired entries now, instead of at the next periodic sweep; for tests and size
+    /// reports.
     pub fn run_pending_tasks(&self) {
-        self.inner.run_pending_tasks();
+        self.inner.sweep();
+    }
+}
+
+impl Memory {
+    /// Drops the entries past every window: their freshness plus the stale window.
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.map.retain(|_, cached| {
+            let entry = &cached.entry;
+            let kept_for = entry.fresh_for.saturating_add(self.stale_window);
+            now.saturating_duration_since(entry.stored_at) < kept_for
+        });
     }
 }
 
@@ -390,6 +449,52 @@ mod tests {
         assert!(
             cache.get(&key(1, b"alice")).is_some(),
             "kept as a stale stand-in"
+        );
+    }
+
+    #[test]
+    fn a_sweep_drops_only_what_is_past_every_window() {
+        let cache = ResponseCache::new(1 << 20, Duration::from_millis(1));
+        cache.insert(
+            key(1, b"alice"),
+            entry("a", Duration::from_millis(1)),
+            Stamp::default(),
+        );
+        cache.insert(
+            key(2, b"alice"),
+            entry("b", Duration::from_secs(60)),
+            Stamp::default(),
+        );
+        assert_eq!(cache.entry_count(), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        cache.run_pending_tasks();
+        assert_eq!(cache.entry_count(), 1);
+        assert!(cache.get(&key(1, b"alice")).is_none(), "expired, swept");
+        assert!(cache.get(&key(2, b"alice")).is_some(), "still fresh, kept");
+        assert_eq!(
+            cache.weighted_size(),
+            u64::from(entry("b", Duration::from_secs(60)).weight())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_runs_on_its_own_and_stops_with_the_cache() {
+        let cache = ResponseCache::new(1 << 20, Duration::ZERO);
+        cache.insert(
+            key(1, b"alice"),
+            entry("a", Duration::from_millis(1)),
+            Stamp::default(),
+        );
+        // The entry expires by the real clock; the sweeper's ticks follow tokio's (paused) one.
+        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(SWEEP_EVERY * 2).await;
+        assert_eq!(cache.entry_count(), 0);
+        let weak = Arc::downgrade(&cache.inner);
+        drop(cache);
+        tokio::time::sleep(SWEEP_EVERY * 2).await;
+        assert!(
+            weak.upgrade().is_none(),
+            "the sweeper holds no strong reference"
         );
     }
 

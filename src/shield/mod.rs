@@ -87,7 +87,7 @@ impl Health {
     pub fn of(result: &Result<Arc<Entry>, ProxyError>) -> Health {
         match result {
             Ok(entry) if entry.status == StatusCode::TOO_MANY_REQUESTS => Health::RateLimited(
-                cooldown::retry_after(entry.retry_after.as_ref(), SystemTime::now()),
+                cooldown::retry_after(entry.retry_after.as_deref(), SystemTime::now()),
             ),
             Ok(entry) if entry.status.is_server_error() => Health::Unhealthy,
             Ok(_) => Health::Healthy,

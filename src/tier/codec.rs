@@ -59,7 +59,7 @@ pub fn encode(entry: &Entry, stored_unix: SystemTime, lifetimes: &Lifetimes) -> 
     let etag = entry.etag.as_ref().map_or(&[][..], HeaderValue::as_bytes);
     let retry_after = entry
         .retry_after
-        .as_ref()
+        .as_deref()
         .map_or(&[][..], HeaderValue::as_bytes);
     let mut out = Vec::with_capacity(FIXED + etag.len() + retry_after.len() + entry.body.len());
     out.put_u8(FORMAT_VERSION);
@@ -99,7 +99,7 @@ pub fn decode(record: &[u8], now: Instant, wall: SystemTime) -> Result<Decoded, 
             status,
             body: Bytes::copy_from_slice(buf),
             etag,
-            retry_after,
+            retry_after: retry_after.map(Box::new),
             stored_at,
             fresh_for,
             policy_generation: 0,
