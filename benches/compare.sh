@@ -37,7 +37,7 @@
 # Installs wrk, nginx, nghttp2-client (h2load) and openssl from Debian packages when missing (needs
 # root, as on the dev machines). Everything listens on 127.0.0.1 and is stopped when the script
 # exits.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
 SETUP=${SETUP:-both}
@@ -109,10 +109,13 @@ stop_servers() {
   NGINX_PIDFILE=""
 }
 cleanup() {
+  local status=$?
   stop_servers
-  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+  # A failed run keeps its logs and raw figures: the tables are only printed at the end.
+  if [ -n "${KEEP:-}" ] || [ "$status" != 0 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+trap 'echo "compare.sh: line $LINENO failed (exit $?): $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT TERM
 
 wait_port() {
@@ -399,7 +402,8 @@ fill() { # PORT: every one of the 10k pairs cached
 
 # The TLS parameters a default OpenSSL client (as wrk) gets from each TLS server.
 tls_params() { # PORT [ALPN]
-  echo | timeout 10 openssl s_client -connect "127.0.0.1:$1" ${2:+-alpn "$2"} 2>/dev/null |
+  # s_client's own exit status depends on how the server ends the session: only its output counts.
+  { echo | timeout 10 openssl s_client -connect "127.0.0.1:$1" ${2:+-alpn "$2"} 2>/dev/null || true; } |
     awk '/^New, / {sub(/,$/, "", $2); proto = $2; cipher = $NF} /^Server Temp Key:/ {sub(/,$/, "", $4); group = $4}
          /^ALPN protocol:/ {alpn = $3} END {printf "%s %s %s, ALPN %s", proto, cipher, group, alpn}'
 }
@@ -506,7 +510,7 @@ cpu_cell() { # SETUP NAME FIRST_CPU_COLUMN: medians of the client's and the serv
 }
 
 echo
-echo "Machine: $(nproc) cores, $(uname -sr); nginx $NGINX_VERSION, $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'), $(h2load --version | awk '{print $2}'); $ROUNDS interleaved rounds of ${DURATION}s, medians"
+echo "Machine: $(nproc) cores, $(uname -sr); nginx $NGINX_VERSION, $({ wrk -v 2>&1 || true; } | head -1 | awk '{print "wrk", $2}'), $(h2load --version | awk '{print $2}'); $ROUNDS interleaved rounds of ${DURATION}s, medians"
 for setup in "${SETUPS[@]}"; do
   DIR="$WORK/$setup"
   if [ "$setup" = percore ]; then
