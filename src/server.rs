@@ -525,3 +525,46 @@ async fn sniff_h2(stream: &TcpStream) -> io::Result<Option<bool>> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long `idle` takes to resolve from now, on tokio's paused clock.
+    async fn resolves_after(idle: &Idle) -> Duration {
+        let start = Instant::now();
+        idle.elapsed().await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_is_idle_after_the_timeout() {
+        let idle = Idle {
+            activity: Activity::default(),
+            after: Duration::from_secs(10),
+        };
+        assert_eq!(resolves_after(&idle).await, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_counts_from_the_end_of_the_last_request() {
+        let activity = Activity::default();
+        let idle = Idle {
+            activity: activity.clone(),
+            after: Duration::from_secs(10),
+        };
+        // A request in flight from 0 s to 25 s (longer than the timeout), then one at 30-31 s.
+        let requests = tokio::spawn(async move {
+            activity
+                .track(tokio::time::sleep(Duration::from_secs(25)))
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            activity
+                .track(tokio::time::sleep(Duration::from_secs(1)))
+                .await;
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(resolves_after(&idle).await, Duration::from_secs(41));
+        requests.await.expect("requests task");
+    }
+}
