@@ -265,7 +265,9 @@ impl ResponseCache {
                     let Some(memory) = memory.upgrade() else {
                         return;
                     };
-                    memory.sweep();
+                    // A walk of every entry (milliseconds at a million) under each shard's
+                    // lock in turn: off the request workers.
+                    let _ = tokio::task::spawn_blocking(move || memory.sweep()).await;
                 }
             });
         }
