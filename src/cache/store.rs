@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
-use super::coalesce::{Coalescer, InFlight, Role};
+use super::coalesce::{Coalescer, Flight, InFlight};
 use super::generation::{Generations, Scope, Stamp};
 use super::{CacheKey, Entry, Lifetimes, Resource, ResponseCache};
 use crate::clock::Clock;
@@ -143,7 +143,7 @@ impl Store {
         let owned_key = key.clone();
         let policy_generation = view.policy_generation;
         let clock = self.clock.clone();
-        let (found, _) = self.shared_lookups.join_or_start(
+        let found = self.shared_lookups.join_or_start(
             (key.clone(), generation, policy_generation),
             async move {
                 let record = tier.lookup(&keys).await?;
@@ -165,14 +165,15 @@ impl Store {
             .get(&(key.clone(), generation, policy_generation))
     }
 
-    /// Joins the fetch in flight for `key`, or starts `fetch` with a [`Fill`] permit as its own
-    /// task (so it finishes, and fills the cache, even if its caller goes away).
+    /// Joins the fetch in flight for `key`, or leads `fetch` with a [`Fill`] permit: the caller
+    /// runs it, and if the caller goes away first it finishes in a task of its own (so it still
+    /// fills the cache).
     pub fn join_or_start<F, Fut>(
         self: &Arc<Self>,
         key: &CacheKey,
         view: &View<'_>,
         fetch: F,
-    ) -> (InFlight<Fetched>, Role)
+    ) -> Flight<Fetched>
     where
         F: FnOnce(Fill) -> Fut,
         Fut: Future<Output = Fetched> + Send + 'static,

@@ -128,7 +128,7 @@ where
             match error {
                 ProxyError::FetcherVanished => tracing::error!(
                     request_id = ?ctx.request_id,
-                    "upstream fetch task ended without an answer"
+                    "upstream fetch ended without an answer"
                 ),
                 ProxyError::Refused(_)
                 | ProxyError::RequestTimeout

@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use super::exchange::Exchange;
 use super::{COALESCE_MARGIN, RequestContext, within};
 use crate::auth::Caller;
-use crate::cache::coalesce::{InFlight, Role};
+use crate::cache::coalesce::{Flight, Role};
 use crate::cache::{CacheKey, Entry, Fetched, Fill, Resource, Staleness};
 use crate::config::StartupConfig;
 use crate::credential::Fingerprint;
@@ -141,11 +141,12 @@ async fn fetch(
     let limit_key = lookup.limit_key;
     let mut retried = false;
     loop {
-        let (inflight, role) = match state.store.flight(&lookup.key, live.policy_generation) {
+        let inflight = match state.store.flight(&lookup.key, live.policy_generation) {
             // Joining a fetch costs the upstream nothing, so it passes no gate and uses no budget.
-            Some(inflight) => (inflight, Role::Follower),
+            Some(inflight) => Flight::Follow(inflight),
             None => start_fetch(state, live, lookup.clone(), Some(limit_key)),
         };
+        let role = inflight.role();
         if role == Role::Follower {
             ctx.report.collapsed = true;
         }
@@ -199,7 +200,7 @@ fn start_fetch(
     live: &Arc<Live>,
     lookup: Lookup,
     charge: Option<Fingerprint>,
-) -> (InFlight<Fetched>, Role) {
+) -> Flight<Fetched> {
     let key = lookup.key.clone();
     let task_state = Arc::clone(state);
     let task_live = Arc::clone(live);
@@ -225,7 +226,8 @@ fn refresh_in_background(state: &Arc<AppState>, live: &Arc<Live>, lookup: Lookup
         .flight(&lookup.key, live.policy_generation)
         .is_none()
     {
-        let _ = start_fetch(state, live, lookup, None);
+        // Nobody waits for it here: dropped unpolled, the fetch runs in a task of its own.
+        drop(start_fetch(state, live, lookup, None));
     }
 }
 
