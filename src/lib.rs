@@ -32,6 +32,7 @@ pub mod route;
 pub mod server;
 pub(crate) mod shield;
 pub mod state;
+pub mod stream_tasks;
 pub mod telemetry;
 pub mod tier;
 pub(crate) mod tls;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -25,6 +25,7 @@ use crate::admin;
 use crate::config::{Config, ServerConfig};
 use crate::proxy;
 use crate::state::AppState;
+use crate::stream_tasks::StreamTasks;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -125,6 +126,11 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, marks itself not ready, and gives
     /// in-flight requests up to `server.drain_timeout_ms` to finish.
+    ///
+    /// With `server.work_stealing` (the default) connections are served by the runtime this runs
+    /// on. Without it, each of `server.worker_threads` threads runs a runtime of its own that
+    /// accepts from the shared listener and serves what it accepted, start to end (as nginx's
+    /// workers do): no task moves between threads, so a request wakes no other thread.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             state,
@@ -141,32 +147,91 @@ impl Server {
             admin_stop_rx,
         ));
         // Connection handling is fixed at start; a reload does not change it.
-        let config = &state.startup;
-        let protocols = Arc::new(Protocols::new(&config.server));
-        let connections = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(config.server.max_connections));
+        let config = &state.startup.server;
+        let acceptor = Acceptor {
+            state: Arc::clone(&state),
+            protocols: Arc::new(Protocols::new(config)),
+            tls,
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            connections: TaskTracker::new(),
+            stop: stop_rx,
+        };
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, tls = tls.is_some(), "phonegate listening");
+            tracing::info!(%addr, tls = acceptor.tls.is_some(), "phonegate listening");
         }
+        let accepting = TaskTracker::new();
+        let cores = if config.work_stealing {
+            accepting.spawn(acceptor.clone().accept(listener));
+            Cores::default()
+        } else {
+            let threads = config
+                .worker_threads
+                .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+                .unwrap_or(1);
+            Cores::start(threads, listener, &acceptor, &accepting)
+        };
+        accepting.close();
 
-        tokio::pin!(shutdown);
+        shutdown.await;
+        state.start_draining();
+        let _ = stop_tx.send(true);
+        // Every accept loop has dropped its listener before the drain is counted.
+        accepting.wait().await;
+        let connections = &acceptor.connections;
+        let drain = config.drain_timeout;
+        tracing::info!(
+            connections = connections.len(),
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: draining in-flight requests"
+        );
+        connections.close();
+        tokio::select! {
+            () = connections.wait() => tracing::info!("drained"),
+            () = tokio::time::sleep(drain) => {
+                tracing::warn!("drain deadline passed; exiting with requests still in flight");
+            }
+        }
+        cores.stop().await;
+        let _ = admin_stop_tx.send(true);
+        let _ = admin.await;
+        if let Some(telemetry) = &state.telemetry {
+            telemetry.shutdown().await;
+        }
+    }
+}
+
+/// Accepts connections and serves each as a task on the runtime the loop runs on.
+#[derive(Clone)]
+struct Acceptor {
+    state: Arc<AppState>,
+    protocols: Arc<Protocols>,
+    tls: Option<TlsAcceptor>,
+    slots: Arc<Semaphore>,
+    connections: TaskTracker,
+    stop: watch::Receiver<bool>,
+}
+
+impl Acceptor {
+    /// Accepts until shutdown, then drops the listener; the connections it started go on.
+    async fn accept(self, listener: TcpListener) {
+        let mut stop = self.stop.clone();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
                         // At the limit, close at once: a prompt refusal beats a connection that
                         // hangs in the backlog until the client gives up.
-                        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
                             tracing::debug!("max_connections reached; closing a new connection");
                             drop(stream);
                             continue;
                         };
-                        connections.spawn(serve_connection(
-                            Arc::clone(&state),
-                            Arc::clone(&protocols),
-                            tls.clone(),
+                        self.connections.spawn(serve_connection(
+                            Arc::clone(&self.state),
+                            Arc::clone(&self.protocols),
+                            self.tls.clone(),
                             stream,
-                            stop_rx.clone(),
+                            self.stop.clone(),
                             slot,
                         ));
                     }
@@ -176,40 +241,122 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                () = &mut shutdown => break,
+                () = stopping(&mut stop) => break,
             }
-        }
-
-        state.start_draining();
-        drop(listener);
-        let drain = config.server.drain_timeout;
-        tracing::info!(
-            connections = connections.len(),
-            drain_timeout_ms = drain.as_millis() as u64,
-            "shutting down: draining in-flight requests"
-        );
-        let _ = stop_tx.send(true);
-        connections.close();
-        tokio::select! {
-            () = connections.wait() => tracing::info!("drained"),
-            () = tokio::time::sleep(drain) => {
-                tracing::warn!("drain deadline passed; exiting with requests still in flight");
-            }
-        }
-        let _ = admin_stop_tx.send(true);
-        let _ = admin.await;
-        if let Some(telemetry) = &state.telemetry {
-            telemetry.shutdown().await;
         }
     }
 }
 
-/// The two connection builders, configured once.
+/// Resolves once `stop` says the server is stopping (or its sender is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// The threads of `server.work_stealing = false`: each runs a single-threaded runtime that
+/// accepts from its own handle on the listener and serves its connections to the end. The
+/// kernel wakes whichever thread waits in `accept`, so an idle thread takes new connections.
+#[derive(Default)]
+struct Cores {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Ends the runtimes (and whatever they still run) once the drain is over.
+    end: Option<watch::Sender<bool>>,
+}
+
+impl Cores {
+    /// Starts `count` threads accepting from `listener`. A thread that cannot start is logged
+    /// and skipped; if none starts, this runtime accepts instead, so the server always serves.
+    fn start(
+        count: usize,
+        listener: TcpListener,
+        acceptor: &Acceptor,
+        accepting: &TaskTracker,
+    ) -> Cores {
+        let (end_tx, end_rx) = watch::channel(false);
+        let mut threads = Vec::with_capacity(count);
+        match listener.into_std() {
+            Ok(shared) => {
+                for index in 0..count {
+                    match Cores::spawn(index, &shared, acceptor, accepting, end_rx.clone()) {
+                        Ok(thread) => threads.push(thread),
+                        Err(error) => {
+                            tracing::error!(%error, thread = index, "cannot start a server thread")
+                        }
+                    }
+                }
+                if threads.is_empty() {
+                    match TcpListener::from_std(shared) {
+                        Ok(listener) => {
+                            accepting.spawn(acceptor.clone().accept(listener));
+                        }
+                        Err(error) => tracing::error!(%error, "cannot accept connections"),
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot share the listener"),
+        }
+        tracing::info!(
+            threads = threads.len(),
+            "server threads without work stealing"
+        );
+        Cores {
+            threads,
+            end: Some(end_tx),
+        }
+    }
+
+    fn spawn(
+        index: usize,
+        shared: &std::net::TcpListener,
+        acceptor: &Acceptor,
+        accepting: &TaskTracker,
+        mut end: watch::Receiver<bool>,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        let listener = shared.try_clone()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let acceptor = acceptor.clone();
+        // Counts as an accept loop until this thread's loop has ended.
+        let accepting = accepting.token();
+        std::thread::Builder::new()
+            .name(format!("phonegate-srv-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => acceptor.accept(listener).await,
+                        Err(error) => tracing::error!(%error, "cannot accept connections"),
+                    }
+                    drop(accepting);
+                    // Its connections run on this runtime: keep it until the drain is over.
+                    let _ = end.wait_for(|end| *end).await;
+                });
+            })
+    }
+
+    /// Ends the threads' runtimes (cancelling what is left after the drain) and waits for them.
+    async fn stop(mut self) {
+        if let Some(end) = self.end.take() {
+            let _ = end.send(true);
+        }
+        let threads = std::mem::take(&mut self.threads);
+        if !threads.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for thread in threads {
+                    let _ = thread.join();
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// The connection builders' settings, fixed once.
 struct Protocols {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// Interval of HTTP/2 pings, and how long an answer may take.
+    ping: Duration,
 }
 
 impl Protocols {
@@ -225,18 +372,23 @@ impl Protocols {
         // Pings at half the idle timeout find a dead peer (no PING ack) before the connection
         // would have been closed for idleness anyway.
         let ping = (idle_timeout / 2).max(Duration::from_millis(500));
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        Protocols {
+            http1: h1,
+            header_timeout,
+            idle_timeout,
+            ping,
+        }
+    }
+
+    /// An HTTP/2 server for one connection, running its streams on `streams`.
+    fn http2(&self, streams: StreamTasks) -> http2::Builder<StreamTasks> {
+        let mut h2 = http2::Builder::new(streams);
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .keep_alive_interval(Some(ping))
-            .keep_alive_timeout(ping);
-        Protocols {
-            http1: h1,
-            http2: h2,
-            header_timeout,
-            idle_timeout,
-        }
+            .keep_alive_interval(Some(self.ping))
+            .keep_alive_timeout(self.ping);
+        h2
     }
 }
 
@@ -350,8 +502,14 @@ async fn serve_http<I>(
             flag.store(true, Ordering::Relaxed);
             activity.track(proxy::handle(Arc::clone(&state), req))
         });
-        let conn = protocols.http2.serve_connection(io, service);
-        drive(conn, stop, Some((deadline, seen)), idle).await;
+        // The streams run in this task, beside the connection (see `stream_tasks`).
+        let streams = StreamTasks::default();
+        let conn = protocols
+            .http2(streams.clone())
+            .serve_connection(io, service);
+        streams
+            .run(drive(conn, stop, Some((deadline, seen)), idle))
+            .await;
     } else {
         let service = service_fn(move |req| activity.track(proxy::handle(Arc::clone(&state), req)));
         let conn = protocols.http1.serve_connection(io, service);
