@@ -194,7 +194,11 @@ pub fn synthetic(answer: &Synthetic<'_>, head: bool) -> Response<Body> {
 }
 
 /// Adds the headers every response carries: `x-request-id` and `cache-control: private`.
-pub fn finish(response: &mut Response<Body>, request_id: HeaderValue) {
+pub fn finish(response: &mut Response<Body>, mut request_id: HeaderValue) {
+    // Different on every response: over HTTP/2, HPACK would add each one to the connection's
+    // header table, evicting the values that do repeat (and paying for the table's upkeep);
+    // marked never-indexed, it is sent as a literal. HTTP/1.1 ignores the mark.
+    request_id.set_sensitive(true);
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID, request_id);
     headers.insert(CACHE_CONTROL, PRIVATE);
