@@ -61,12 +61,7 @@ fn run(config_path: Option<&Path>) -> ExitCode {
             Err(error) => return fail(EXIT_CONFIG, &error),
         };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    let server = &config.startup.server;
-    if !server.work_stealing {
-        // The server's own threads serve the connections; this runtime keeps the admin listener
-        // and the background work (reloads, sweeps, the shared tier's connections).
-        runtime.worker_threads(1);
-    } else if let Some(workers) = server.worker_threads {
+    if let Some(workers) = config.startup.server.worker_threads {
         runtime.worker_threads(workers);
     }
     let runtime = match runtime.enable_all().build() {

@@ -126,11 +126,6 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, marks itself not ready, and gives
     /// in-flight requests up to `server.drain_timeout_ms` to finish.
-    ///
-    /// With `server.work_stealing` (the default) connections are served by the runtime this runs
-    /// on. Without it, each of `server.worker_threads` threads runs a runtime of its own that
-    /// accepts from the shared listener and serves what it accepted, start to end (as nginx's
-    /// workers do): no task moves between threads, so a request wakes no other thread.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             state,
@@ -147,91 +142,32 @@ impl Server {
             admin_stop_rx,
         ));
         // Connection handling is fixed at start; a reload does not change it.
-        let config = &state.startup.server;
-        let acceptor = Acceptor {
-            state: Arc::clone(&state),
-            protocols: Arc::new(Protocols::new(config)),
-            tls,
-            slots: Arc::new(Semaphore::new(config.max_connections)),
-            connections: TaskTracker::new(),
-            stop: stop_rx,
-        };
+        let config = &state.startup;
+        let protocols = Arc::new(Protocols::new(&config.server));
+        let connections = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(config.server.max_connections));
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, tls = acceptor.tls.is_some(), "phonegate listening");
+            tracing::info!(%addr, tls = tls.is_some(), "phonegate listening");
         }
-        let accepting = TaskTracker::new();
-        let cores = if config.work_stealing {
-            accepting.spawn(acceptor.clone().accept(listener));
-            Cores::default()
-        } else {
-            let threads = config
-                .worker_threads
-                .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-                .unwrap_or(1);
-            Cores::start(threads, listener, &acceptor, &accepting)
-        };
-        accepting.close();
 
-        shutdown.await;
-        state.start_draining();
-        let _ = stop_tx.send(true);
-        // Every accept loop has dropped its listener before the drain is counted.
-        accepting.wait().await;
-        let connections = &acceptor.connections;
-        let drain = config.drain_timeout;
-        tracing::info!(
-            connections = connections.len(),
-            drain_timeout_ms = drain.as_millis() as u64,
-            "shutting down: draining in-flight requests"
-        );
-        connections.close();
-        tokio::select! {
-            () = connections.wait() => tracing::info!("drained"),
-            () = tokio::time::sleep(drain) => {
-                tracing::warn!("drain deadline passed; exiting with requests still in flight");
-            }
-        }
-        cores.stop().await;
-        let _ = admin_stop_tx.send(true);
-        let _ = admin.await;
-        if let Some(telemetry) = &state.telemetry {
-            telemetry.shutdown().await;
-        }
-    }
-}
-
-/// Accepts connections and serves each as a task on the runtime the loop runs on.
-#[derive(Clone)]
-struct Acceptor {
-    state: Arc<AppState>,
-    protocols: Arc<Protocols>,
-    tls: Option<TlsAcceptor>,
-    slots: Arc<Semaphore>,
-    connections: TaskTracker,
-    stop: watch::Receiver<bool>,
-}
-
-impl Acceptor {
-    /// Accepts until shutdown, then drops the listener; the connections it started go on.
-    async fn accept(self, listener: TcpListener) {
-        let mut stop = self.stop.clone();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
                         // At the limit, close at once: a prompt refusal beats a connection that
                         // hangs in the backlog until the client gives up.
-                        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+                        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                             tracing::debug!("max_connections reached; closing a new connection");
                             drop(stream);
                             continue;
                         };
-                        self.connections.spawn(serve_connection(
-                            Arc::clone(&self.state),
-                            Arc::clone(&self.protocols),
-                            self.tls.clone(),
+                        connections.spawn(serve_connection(
+                            Arc::clone(&state),
+                            Arc::clone(&protocols),
+                            tls.clone(),
                             stream,
-                            self.stop.clone(),
+                            stop_rx.clone(),
                             slot,
                         ));
                     }
@@ -241,111 +177,30 @@ impl Acceptor {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                () = stopping(&mut stop) => break,
+                () = &mut shutdown => break,
             }
         }
-    }
-}
 
-/// Resolves once `stop` says the server is stopping (or its sender is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopping| *stopping).await;
-}
-
-/// The threads of `server.work_stealing = false`: each runs a single-threaded runtime that
-/// accepts from its own handle on the listener and serves its connections to the end. The
-/// kernel wakes whichever thread waits in `accept`, so an idle thread takes new connections.
-#[derive(Default)]
-struct Cores {
-    threads: Vec<std::thread::JoinHandle<()>>,
-    /// Ends the runtimes (and whatever they still run) once the drain is over.
-    end: Option<watch::Sender<bool>>,
-}
-
-impl Cores {
-    /// Starts `count` threads accepting from `listener`. A thread that cannot start is logged
-    /// and skipped; if none starts, this runtime accepts instead, so the server always serves.
-    fn start(
-        count: usize,
-        listener: TcpListener,
-        acceptor: &Acceptor,
-        accepting: &TaskTracker,
-    ) -> Cores {
-        let (end_tx, end_rx) = watch::channel(false);
-        let mut threads = Vec::with_capacity(count);
-        match listener.into_std() {
-            Ok(shared) => {
-                for index in 0..count {
-                    match Cores::spawn(index, &shared, acceptor, accepting, end_rx.clone()) {
-                        Ok(thread) => threads.push(thread),
-                        Err(error) => {
-                            tracing::error!(%error, thread = index, "cannot start a server thread")
-                        }
-                    }
-                }
-                if threads.is_empty() {
-                    match TcpListener::from_std(shared) {
-                        Ok(listener) => {
-                            accepting.spawn(acceptor.clone().accept(listener));
-                        }
-                        Err(error) => tracing::error!(%error, "cannot accept connections"),
-                    }
-                }
-            }
-            Err(error) => tracing::error!(%error, "cannot share the listener"),
-        }
+        state.start_draining();
+        drop(listener);
+        let drain = config.server.drain_timeout;
         tracing::info!(
-            threads = threads.len(),
-            "server threads without work stealing"
+            connections = connections.len(),
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: draining in-flight requests"
         );
-        Cores {
-            threads,
-            end: Some(end_tx),
+        let _ = stop_tx.send(true);
+        connections.close();
+        tokio::select! {
+            () = connections.wait() => tracing::info!("drained"),
+            () = tokio::time::sleep(drain) => {
+                tracing::warn!("drain deadline passed; exiting with requests still in flight");
+            }
         }
-    }
-
-    fn spawn(
-        index: usize,
-        shared: &std::net::TcpListener,
-        acceptor: &Acceptor,
-        accepting: &TaskTracker,
-        mut end: watch::Receiver<bool>,
-    ) -> io::Result<std::thread::JoinHandle<()>> {
-        let listener = shared.try_clone()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let acceptor = acceptor.clone();
-        // Counts as an accept loop until this thread's loop has ended.
-        let accepting = accepting.token();
-        std::thread::Builder::new()
-            .name(format!("phonegate-srv-{index}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => acceptor.accept(listener).await,
-                        Err(error) => tracing::error!(%error, "cannot accept connections"),
-                    }
-                    drop(accepting);
-                    // Its connections run on this runtime: keep it until the drain is over.
-                    let _ = end.wait_for(|end| *end).await;
-                });
-            })
-    }
-
-    /// Ends the threads' runtimes (cancelling what is left after the drain) and waits for them.
-    async fn stop(mut self) {
-        if let Some(end) = self.end.take() {
-            let _ = end.send(true);
-        }
-        let threads = std::mem::take(&mut self.threads);
-        if !threads.is_empty() {
-            let _ = tokio::task::spawn_blocking(move || {
-                for thread in threads {
-                    let _ = thread.join();
-                }
-            })
-            .await;
+        let _ = admin_stop_tx.send(true);
+        let _ = admin.await;
+        if let Some(telemetry) = &state.telemetry {
+            telemetry.shutdown().await;
         }
     }
 }

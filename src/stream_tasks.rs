@@ -53,10 +53,9 @@ impl StreamTasks {
             started: Arc::clone(&self.shared),
             running: FuturesUnordered::new(),
         };
+        // In tokio's random order: polled always first, a connection flooded with frames could
+        // spend the task's budget before its streams got theirs.
         tokio::select! {
-            // Polled first: a connection's reads start its streams, and its writes send what
-            // they produced.
-            biased;
             output = connection => output,
             never = streams => match never {},
         }
@@ -71,6 +70,21 @@ struct Streams {
 
 /// What [`Streams`] resolves to: nothing, ever.
 enum Never {}
+
+impl Drop for Streams {
+    /// Streams queued but never picked up go too: each holds a clone of the executor, and so of
+    /// the queue holding it, a cycle that would otherwise keep them (and their requests) alive.
+    fn drop(&mut self) {
+        let queued = std::mem::take(
+            &mut *self
+                .started
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        drop(queued);
+    }
+}
 
 impl Future for Streams {
     type Output = Never;
@@ -161,6 +175,38 @@ mod tests {
         };
         tasks.run(connection).await;
         assert_eq!(finished.load(Ordering::SeqCst), 100);
+    }
+
+    #[tokio::test]
+    async fn streams_still_queued_when_the_connection_ends_are_dropped() {
+        let tasks = StreamTasks::default();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        struct CountDrop(Arc<AtomicUsize>);
+        impl Drop for CountDrop {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let connection = {
+            let tasks = tasks.clone();
+            let guard = CountDrop(Arc::clone(&dropped));
+            // Starts a stream holding the executor (as hyper's do), then ends at once.
+            async move {
+                let executor = tasks.clone();
+                tasks.execute(async move {
+                    let _guard = guard;
+                    let _executor = executor;
+                    std::future::pending::<()>().await;
+                });
+            }
+        };
+        tasks.run(connection).await;
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "not kept by a cycle");
+        assert_eq!(
+            Arc::strong_count(&tasks.shared),
+            1,
+            "nothing else holds the queue"
+        );
     }
 
     #[tokio::test]

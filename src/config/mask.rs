@@ -166,7 +166,6 @@ fn render(config: &Config, show: Show) -> Value {
             "drain_timeout_ms": ms(startup.server.drain_timeout),
             "max_connections": startup.server.max_connections,
             "worker_threads": startup.server.worker_threads.unwrap_or(0),
-            "work_stealing": startup.server.work_stealing,
             "request_timeout_ms": ms(live.requests.timeout),
             "max_request_body_bytes": live.requests.max_body_bytes,
         },

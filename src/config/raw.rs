@@ -143,5 +143,4 @@ pub(super) struct RawServer {
     pub(super) request_timeout_ms: u64,
     pub(super) max_request_body_bytes: u64,
     pub(super) worker_threads: u64,
-    pub(super) work_stealing: bool,
 }

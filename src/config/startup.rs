@@ -112,9 +112,6 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Open client connections at most. Default is 10000.
     pub max_connections: usize,
-    /// Threads serving requests; `None` (the default) is one per CPU core.
+    /// Worker threads of the async runtime; `None` (the default) is one per CPU core.
     pub worker_threads: Option<usize>,
-    /// Whether the serving threads share one work-stealing runtime (the default), or each runs
-    /// its own and serves the connections it accepted to the end.
-    pub work_stealing: bool,
 }

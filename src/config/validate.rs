@@ -91,7 +91,6 @@ impl RawServer {
                     ));
                 }
             },
-            work_stealing: self.work_stealing,
         };
         let requests = RequestConfig {
             timeout: positive_ms("server.request_timeout_ms", self.request_timeout_ms)?,

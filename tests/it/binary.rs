@@ -519,26 +519,11 @@ async fn a_config_file_applies_and_the_environment_overrides_it() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    drains_in_flight_requests_then_exits_zero(&[]).await;
-}
-
-#[tokio::test]
-async fn sigterm_drains_in_flight_requests_without_work_stealing_too() {
-    drains_in_flight_requests_then_exits_zero(&[
-        ("PHONEGATE__SERVER__WORK_STEALING", "false"),
-        ("PHONEGATE__SERVER__WORKER_THREADS", "2"),
-    ])
-    .await;
-}
-
-/// SIGTERM while a request waits on the upstream: readiness turns 503, the port refuses new
-/// connections, the request completes and is logged, and the process exits 0.
-async fn drains_in_flight_requests_then_exits_zero(env: &[(&str, &str)]) {
     let mock = MockVapi::builder()
         .behavior(Behavior::Delay(Duration::from_millis(1500)))
         .start()
         .await;
-    let proxy = Running::start(&mock.url(), &[], env).await;
+    let proxy = Running::start(&mock.url(), &[], &[]).await;
     let listen = proxy.listen;
     let admin = proxy.admin;
 
@@ -1114,85 +1099,12 @@ async fn every_subcommand_exits_cleanly_on_a_closed_pipe() {
 
 /// Threads of process `pid` named as tokio names its runtime workers.
 fn runtime_workers(pid: u32) -> usize {
-    threads_named(pid, |name| name == "tokio-rt-worker")
-}
-
-/// Threads of process `pid` whose name passes `which`.
-fn threads_named(pid: u32, which: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("the process's threads")
         .filter_map(Result::ok)
         .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-        .filter(|name| which(name.trim()))
+        .filter(|name| name.trim() == "tokio-rt-worker")
         .count()
-}
-
-#[tokio::test]
-async fn without_work_stealing_each_server_thread_serves_what_it_accepts() {
-    let mock = MockVapi::start().await;
-    let proxy = Running::start(
-        &mock.url(),
-        &[],
-        &[
-            ("PHONEGATE__SERVER__WORK_STEALING", "false"),
-            ("PHONEGATE__SERVER__WORKER_THREADS", "3"),
-        ],
-    )
-    .await;
-    let pid = proxy.pid();
-    assert_eq!(
-        threads_named(pid, |name| name.starts_with("phonegate-srv-")),
-        3,
-        "one thread per server.worker_threads"
-    );
-    assert_eq!(
-        runtime_workers(pid),
-        1,
-        "one runtime worker is left, for the admin listener and background work"
-    );
-    two_gets(&proxy, "no-stealing", ["miss", "hit"]).await;
-
-    // Connections at once, HTTP/1.1 and h2c: spread over the threads, every one answered.
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..24 {
-        let url = proxy.url(&path(TWILIO_ID));
-        calls.spawn(async move { get(&url, Some(TOKEN_A), &format!("h1-{i}")).await });
-    }
-    for _ in 0..3 {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .http2_only(true)
-                .build_http::<Full<Bytes>>();
-        for i in 0..10 {
-            let client = client.clone();
-            let req = request(
-                Method::GET,
-                &proxy.url(&path(TWILIO_ID)),
-                Some(TOKEN_A),
-                &[("x-request-id", &format!("h2-{i}"))],
-                Bytes::new(),
-            );
-            calls.spawn(async move {
-                let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-                    .await
-                    .expect("h2c answer in time")
-                    .expect("h2c request");
-                assert_eq!(resp.version(), http::Version::HTTP_2);
-                Resp::read(resp).await
-            });
-        }
-    }
-    let mut answered = 0;
-    while let Some(resp) = calls.join_next().await {
-        let resp = resp.expect("request task");
-        assert_eq!(resp.status, StatusCode::OK);
-        assert_eq!(resp.json()["id"], TWILIO_ID);
-        resp.assert_cache_because("hit", "a cached number");
-        answered += 1;
-    }
-    assert_eq!(answered, 54);
-    assert_eq!(mock.hits(), 1, "one upstream call for all of them");
-    stop_cleanly(proxy).await;
 }
 
 #[tokio::test]

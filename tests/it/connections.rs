@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VONAGE_ID};
-use crate::support::{MockVapi, Proxy, Resp, TOKEN_A, get, path};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, get, path};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
@@ -423,6 +423,83 @@ async fn two_streams_share_one_h2c_connection() {
     drop(sender);
     let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn many_concurrent_streams_on_one_h2c_connection_are_all_answered_by_one_fetch() {
+    // The streams run in their connection's task (src/stream_tasks.rs): a slow miss on one must
+    // not hold up the others, and all of them join the one upstream call.
+    let mock = MockVapi::builder()
+        .behavior(Behavior::Delay(Duration::from_millis(300)))
+        .start()
+        .await;
+    let proxy = Proxy::start(&mock.url(), "").await;
+    let (mut sender, conn) = h2c(&proxy).await;
+    let mut pending = Vec::new();
+    for _ in 0..50 {
+        pending.push(sender.send_request(h2_get(&proxy, TWILIO_ID)));
+    }
+    // A second connection, opened while the fetch is in flight, finds the answer cached after.
+    let (mut other, other_conn) = h2c(&proxy).await;
+    for (i, fut) in pending.into_iter().enumerate() {
+        let resp = tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .expect("answer in time")
+            .expect("h2 response");
+        assert_eq!(resp.status(), StatusCode::OK, "stream {i}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["id"], TWILIO_ID, "stream {i}");
+    }
+    assert_eq!(mock.hits_for(&path(TWILIO_ID)), 1, "one upstream call");
+    let resp = other
+        .send_request(h2_get(&proxy, TWILIO_ID))
+        .await
+        .expect("h2 response");
+    assert_eq!(Resp::read(resp).await.cache(), Some("hit"));
+    drop((sender, other));
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), other_conn).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2c_stream_in_flight_is_answered_when_shutdown_begins() {
+    let mock = MockVapi::builder()
+        .behavior(Behavior::Delay(Duration::from_millis(600)))
+        .start()
+        .await;
+    let mut proxy = Proxy::start(&mock.url(), "").await;
+    let (mut sender, conn) = h2c(&proxy).await;
+    let in_flight = sender.send_request(h2_get(&proxy, TWILIO_ID));
+    let waiting = tokio::spawn(in_flight);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the mock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.begin_shutdown();
+    let server = proxy.take_task();
+    let resp = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("answered in time")
+        .expect("request task")
+        .expect("h2 response");
+    let resp = Resp::read(resp).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.json()["id"], TWILIO_ID);
+    // Then the connection is closed and the server's drain ends.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the connection ends after the drain")
+        .ok();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server drains")
+        .expect("server task");
 }
 
 #[tokio::test]
