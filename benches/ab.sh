@@ -17,6 +17,8 @@
 # Needs wrk, h2load (nghttp2-client), openssl and taskset; builds the mock upstream.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 ROUNDS=${ROUNDS:-7}
 DURATION=${DURATION:-4}
@@ -55,18 +57,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo "ab.sh: line $LINENO failed (exit $?): $BASH_COMMAND" >&2' ERR
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listening on port $1" >&2
-  exit 1
-}
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+make_cert "$WORK"
 
 MOCK_PORT=$((PORT_BASE + 1))
 "${SRV[@]}" target/release/examples/mock_vapi --listen "127.0.0.1:$MOCK_PORT" 2>/dev/null &

@@ -39,6 +39,8 @@
 # exits.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 SETUP=${SETUP:-both}
 ROUNDS=${ROUNDS:-3}
@@ -118,19 +120,8 @@ trap cleanup EXIT
 trap 'echo "compare.sh: line $LINENO failed (exit $?): $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT TERM
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listening on port $1" >&2
-  exit 1
-}
-
 # One certificate for every TLS server: P-256, self-signed, for 127.0.0.1 and localhost.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+make_cert "$WORK"
 
 # 10,000 distinct (id, credential) pairs: 5 ids x 2,000 keys.
 cat >"$WORK/pairs.lua" <<'EOF'

@@ -30,6 +30,13 @@ struct Started {
     waker: AtomicWaker,
 }
 
+impl Started {
+    /// The streams started since the last call.
+    fn take_queued(&self) -> Vec<BoxFuture<'static, ()>> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 impl<F> hyper::rt::Executor<F> for StreamTasks
 where
     F: Future<Output = ()> + Send + 'static,
@@ -75,14 +82,8 @@ impl Drop for Streams {
     /// Streams queued but never picked up go too: each holds a clone of the executor, and so of
     /// the queue holding it, a cycle that would otherwise keep them (and their requests) alive.
     fn drop(&mut self) {
-        let queued = std::mem::take(
-            &mut *self
-                .started
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        drop(queued);
+        // Taken under the lock, dropped outside it.
+        drop(self.started.take_queued());
     }
 }
 
@@ -93,13 +94,7 @@ impl Future for Streams {
         // Registered before the queue is read, so a stream queued after the read wakes us.
         self.started.waker.register(cx.waker());
         loop {
-            let started = std::mem::take(
-                &mut *self
-                    .started
-                    .queue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+            let started = self.started.take_queued();
             let fresh = !started.is_empty();
             self.running.extend(started);
             // Ready(None) is an empty set; Pending means each stream waits on something.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::support::mock_vapi::{FIXTURE_IDS, PLANTED, TWILIO_ID, VAPI_ID, VONAGE_ID};
 use crate::support::{
     Behavior, MockVapi, Resp, TOKEN_A, TOKEN_B, admin_get, free_addrs, path, request,
-    scrape_metric, send,
+    scrape_metric, send, upstream_reached,
 };
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -531,14 +531,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let in_flight = tokio::spawn(async move { get(&url, Some(TOKEN_A), "drain-1").await });
 
     // Wait until the request has reached the upstream, then a little more.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mock.hits() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the mock"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    upstream_reached(&mock).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!in_flight.is_finished(), "the upstream is still delaying");
 

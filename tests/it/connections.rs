@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::mock_vapi::{PLANTED, TWILIO_ID, VONAGE_ID};
-use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, get, path};
+use crate::support::{Behavior, MockVapi, Proxy, Resp, TOKEN_A, get, path, upstream_reached};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
@@ -473,14 +473,7 @@ async fn an_h2c_stream_in_flight_is_answered_when_shutdown_begins() {
     let (mut sender, conn) = h2c(&proxy).await;
     let in_flight = sender.send_request(h2_get(&proxy, TWILIO_ID));
     let waiting = tokio::spawn(in_flight);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mock.hits() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the mock"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    upstream_reached(&mock).await;
     proxy.begin_shutdown();
     let server = proxy.take_task();
     let resp = tokio::time::timeout(Duration::from_secs(5), waiting)
