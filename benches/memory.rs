@@ -63,7 +63,7 @@ const FILL_RSS_RATIO: f64 = 1.2;
 /// ... and that of the `bound` phase this many times `max_bytes` ...
 const BOUND_RSS_RATIO: f64 = 1.3;
 /// ... each plus this fixed base: what does not grow with the entries (the allocator's arenas and
-/// the free space it keeps at the top of the heap, moka's fixed tables, code pages and statics
+/// the free space it keeps at the top of the heap, the cache's fixed tables, code pages and statics
 /// first touched). 16 MiB is the benchmark's own choice, the issue names none: it is 10% of the
 /// bodies of `fill` and under 3% of those of `fill-small`, so per-entry costs cannot hide in it.
 const RSS_BASE: u64 = 16 * MIB;

@@ -531,7 +531,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let in_flight = tokio::spawn(async move { get(&url, Some(TOKEN_A), "drain-1").await });
 
     // Wait until the request has reached the upstream, then a little more.
-    upstream_reached(&mock).await;
+    upstream_reached(&mock, &path(TWILIO_ID)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!in_flight.is_finished(), "the upstream is still delaying");
 

@@ -381,20 +381,19 @@ pub fn get_request(proxy: &Proxy, path: &str, token: Option<&str>) -> Request<Fu
     request(Method::GET, &proxy.url(path), token, &[], Bytes::new())
 }
 
-/// Waits (up to 5 s) until `mock` has received a request: a request sent is then in flight
-/// upstream.
-pub async fn upstream_reached(mock: &MockVapi) {
+/// Waits (up to 5 s) until `mock` has received a request for `path`: a request sent for it is
+/// then in flight upstream.
+pub async fn upstream_reached(mock: &MockVapi, path: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while mock.hits() == 0 {
+    while mock.hits_for(path) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the request never reached the mock"
+            "no request for {path} reached the mock"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// `GET {proxy}{path}` with `Authorization: Bearer {token}` when a token is given.
 pub async fn get(proxy: &Proxy, path: &str, token: Option<&str>) -> Resp {
     send(get_request(proxy, path, token)).await
 }
